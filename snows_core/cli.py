@@ -1,0 +1,167 @@
+"""Command line: ``python -m snows_core prune ...`` prunes a model and writes weights, masks and a report.
+
+The library reports through events; this module alone turns them into a progress bar (stderr) and a
+per-layer table (stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from snows_core.config import PruneConfig
+from snows_core.data import calibration_images, load_npz
+from snows_core.events import Event
+from snows_core.metrics import top1
+from snows_core.models import create_model, list_models
+from snows_core.prune import prune_model, resolve_device
+from snows_core.report import PruneResult
+
+__all__ = ["main"]
+
+SHARED = Path(os.environ.get("SNOWS_SHARED", "../shared"))
+DEFAULT_CHECKPOINT = SHARED / "models" / "resnet20-cifar10.th"
+DEFAULT_DATA = SHARED / "data" / "cifar10-subset.npz"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m snows_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    prune = commands.add_parser("prune", help="prune a model and write the result to a folder")
+    prune.set_defaults(command=_prune)
+    prune.add_argument("--arch", default="resnet20", choices=list_models(), help="architecture")
+    prune.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="weights (safetensors or .th)")
+    prune.add_argument("--data", type=Path, default=DEFAULT_DATA, help=".npz with train_x/train_y/test_x/test_y")
+    prune.add_argument("--out", type=Path, default=Path("out/prune"), help="folder for weights, masks, report")
+    prune.add_argument("--eval-size", type=int, default=None, help="test images for top-1 (default: all)")
+    add_config_arguments(prune)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per PruneConfig field, defaults taken from PruneConfig itself."""
+    defaults = PruneConfig()
+    parser.add_argument("--sparsity", type=float, default=None, help="fraction zeroed (default 0.5; N:M implies it)")
+    parser.add_argument("--pattern", default=defaults.pattern, help='"unstructured" or "N:M" such as 2:4')
+    parser.add_argument("--allocation", default=defaults.allocation, help="uniform or global")
+    parser.add_argument("--mask", default=defaults.mask, help="magnitude, random, wanda")
+    parser.add_argument("--reconstruction", default=defaults.reconstruction, help="none, lstsq or snows")
+    for name in ("k", "n_calib", "batch_size", "newton_steps", "cg_iters", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("cg_tol", "damping"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--curvature", default=defaults.curvature, help="exact or gauss-newton")
+    parser.add_argument("--targets", default=defaults.targets, help="dense or pruned-input")
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false", help="skip the lstsq warm start")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda")
+
+
+def config_from_args(args: argparse.Namespace) -> PruneConfig:
+    """Build (and so validate) the PruneConfig named by the flags."""
+    names = (
+        "pattern",
+        "allocation",
+        "mask",
+        "reconstruction",
+        "k",
+        "n_calib",
+        "batch_size",
+        "newton_steps",
+        "cg_iters",
+        "cg_tol",
+        "damping",
+        "curvature",
+        "targets",
+        "warm_start",
+        "seed",
+        "device",
+    )
+    values = {name: getattr(args, name) for name in names}
+    if args.sparsity is not None or args.pattern == "unstructured":
+        values["sparsity"] = args.sparsity if args.sparsity is not None else PruneConfig().sparsity
+    else:
+        values["sparsity"] = None
+    return PruneConfig(**values)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    model = create_model(args.arch, checkpoint=args.checkpoint)
+    train_x, _ = load_npz(args.data, "train")
+    test_x, test_y = load_npz(args.data, "test")
+    if args.eval_size is not None:
+        test_x, test_y = test_x[: args.eval_size], test_y[: args.eval_size]
+    device = resolve_device(config.device)
+    dense_top1 = top1(model, test_x, test_y, device=device)
+    with ProgressBar() as bar:
+        result = prune_model(model, calibration_images(train_x, config.n_calib, config.seed), config, bar)
+    pruned_top1 = top1(result.model, test_x, test_y, device=device)
+    print(layer_table(result))
+    print(
+        f"top-1: dense {dense_top1:.4f} -> pruned {pruned_top1:.4f}  sparsity {result.sparsity:.3f}  "
+        f"{result.seconds:.1f}s"
+    )
+    save_result(result, args.out, {"top1_dense": dense_top1, "top1_pruned": pruned_top1, "arch": args.arch})
+    print(f"wrote {args.out}")
+    return 0
+
+
+class ProgressBar:
+    """An `on_event` callback drawing one tqdm bar over the layers."""
+
+    def __enter__(self) -> ProgressBar:
+        self.bar = tqdm(total=0, unit="layer", file=sys.stderr, dynamic_ncols=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "run_started":
+            self.bar.reset(total=len(event.layers))
+        elif event.kind == "layer_started":
+            self.bar.set_description(event.layer)
+        elif event.kind == "newton_step":
+            self.bar.set_postfix(loss=f"{event.loss_after:.4g}", cg=event.cg_iters)
+        elif event.kind == "layer_done":
+            self.bar.update(1)
+
+
+def layer_table(result: PruneResult) -> str:
+    """The per-layer report as an aligned text table."""
+    head = f"{'layer':<22} {'sparsity':>8} {'loss before':>12} {'loss after':>12} {'newton':>6} {'cg':>5} {'sec':>7}"
+    rows = [head, "-" * len(head)]
+    for r in result.layers:
+        rows.append(
+            f"{r.name:<22} {r.sparsity:>8.3f} {r.loss_before:>12.5g} {r.loss_after:>12.5g} "
+            f"{r.newton_steps:>6} {r.cg_iters:>5} {r.seconds:>7.2f}"
+        )
+    rows.extend(f"{r.name:<22} skipped: {r.skipped}" for r in result.skipped)
+    return "\n".join(rows)
+
+
+def save_result(result: PruneResult, out: Path, extra: dict) -> None:
+    """Write model.safetensors (pruned weights), masks.safetensors and report.json into `out`."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in result.masks.items()}, str(out / "masks.safetensors"))
+    (out / "report.json").write_text(json.dumps({**result.summary(), **extra}, indent=2))

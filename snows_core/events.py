@@ -1,0 +1,78 @@
+"""Typed progress events emitted by `prune_model` through its `on_event` callback.
+
+The library never prints: the CLI draws a progress bar from these, the run store writes them as rows,
+and the dashboard plots them. Every event has a `kind` and turns into a flat JSON-ready dict.
+An exception raised by the callback stops the run cleanly between Newton steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+__all__ = ["Event", "RunStarted", "LayerStarted", "NewtonStep", "LayerDone", "LayerSkipped", "RunDone", "EventSink"]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    layers: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class LayerStarted(Event):
+    kind: ClassVar[str] = "layer_started"
+    layer: str = ""
+    index: int = 0
+    n_layers: int = 0
+    window: list[str] = field(default_factory=list)
+    loss_before: float = 0.0
+
+
+@dataclass(frozen=True)
+class NewtonStep(Event):
+    kind: ClassVar[str] = "newton_step"
+    layer: str = ""
+    step: int = 0
+    loss: float = 0.0
+    loss_after: float = 0.0
+    cg_iters: int = 0
+    cg_residual: float = 0.0
+    step_size: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class LayerDone(Event):
+    kind: ClassVar[str] = "layer_done"
+    layer: str = ""
+    index: int = 0
+    n_layers: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerSkipped(Event):
+    kind: ClassVar[str] = "layer_skipped"
+    layer: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RunDone(Event):
+    kind: ClassVar[str] = "run_done"
+    seconds: float = 0.0
+    sparsity: float = 0.0
+
+
+EventSink = Callable[[Event], None]

@@ -1,0 +1,287 @@
+"""The K-deep lookahead window of a layer, cut out of a torch.fx trace of any model.
+
+SNOWS (Lucas & Mazumder, ICLR 2025, Sec. 3) reconstructs not only a layer's output o_0 but the outputs
+o_1 .. o_K of the K operations that follow it. Here the model is traced once with torch.fx; for layer
+l the window is every node that depends on l, in topological order, up to the K-th *counted* operation
+(the table below). Values the window reads from outside (a residual shortcut, the class token, ...)
+are its external inputs, taken from the pruned network's forward; constants (parameters read with
+``get_attr``, shapes) are copied into the window. The window is a GraphModule with signature
+``window(z, *externals) -> (o_0, ..., o_K)`` where z is the layer's output, so the solver can
+differentiate through it without touching any module.
+
+What counts as an operation (OPERATION_KINDS) follows the official SNOWS code, which counts Conv2d and
+ReLU modules in CNNs and attention outputs, Linear and GELU in ViTs. We count the same kinds wherever
+they appear (modules, ``F.relu`` and ``torch.relu`` calls, ``x.relu()``), plus the other activations
+used by modern nets (SiLU, Hardswish, sigmoid gates of squeeze-excite). Residual merges, normalisation,
+pooling and reshapes are not counted: they sit inside the window but are not taps, so K means the same
+here as in the paper (K=3 after conv1 of a basic block reaches relu, conv2 and the block's output relu).
+
+Untraceable blocks can be registered as leaves (`register_leaf_module`), as timm does for FX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "OPERATION_KINDS",
+    "PRUNABLE_TYPES",
+    "register_leaf_module",
+    "trace",
+    "Window",
+    "build_window",
+    "prunable_nodes",
+    "PrunedPath",
+]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
+_ACTIVATION_FUNCTIONS = (F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, torch.relu, torch.sigmoid)
+_ACTIVATION_METHODS = ("relu", "relu_", "sigmoid", "tanh")
+
+#: One table: what each traced node counts as when K operations are counted (None: not counted).
+OPERATION_KINDS: dict[object, str] = {
+    nn.Conv2d: "conv",
+    nn.Linear: "linear",
+    nn.MultiheadAttention: "attention",
+    F.scaled_dot_product_attention: "attention",
+    F.softmax: "attention",
+    torch.softmax: "attention",
+    "softmax": "attention",
+    **dict.fromkeys(_ACTIVATION_MODULES, "activation"),
+    **dict.fromkeys(_ACTIVATION_FUNCTIONS, "activation"),
+    **dict.fromkeys(_ACTIVATION_METHODS, "activation"),
+}
+
+_LEAF_MODULES: set[type[nn.Module]] = set()
+
+
+def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Decorator/function: trace `cls` as one opaque call instead of tracing through it."""
+    _LEAF_MODULES.add(cls)
+    return cls
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, tuple(_LEAF_MODULES)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace `model` with torch.fx; the GraphModule shares the model's submodules (and weights)."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # fx raises many types; all mean the same to the user
+        where = _innermost_module(err)
+        raise ValueError(
+            f"cannot trace {type(model).__name__} with torch.fx{where}: {err}. Register the block that "
+            "fails with snows_core.lookahead.register_leaf_module so it is traced as one call."
+        ) from err
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ValueError(f"the model must take exactly one input tensor; its forward takes {len(placeholders)}")
+    return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _innermost_module(err: Exception) -> str:
+    for frame in reversed(_traceback_frames(err)):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module):
+            return f" (in module {type(owner).__name__})"
+    return ""
+
+
+def _traceback_frames(err: Exception) -> list:
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def operation_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The kind this node counts as (conv, linear, activation, attention), or None."""
+    if node.op == "call_module":
+        module_type = type(modules[node.target])
+        return next((kind for cls, kind in _module_kinds() if issubclass(module_type, cls)), None)
+    if node.op in ("call_function", "call_method"):
+        try:
+            return OPERATION_KINDS.get(node.target)
+        except TypeError:  # unhashable targets count as nothing
+            return None
+    return None
+
+
+def _module_kinds() -> list[tuple[type, str]]:
+    return [(key, kind) for key, kind in OPERATION_KINDS.items() if isinstance(key, type)]
+
+
+def prunable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """call_module nodes of Conv2d/Linear layers, in topological order."""
+    modules = dict(gm.named_modules())
+    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], PRUNABLE_TYPES)]
+
+
+@dataclass
+class Window:
+    """Layer `layer`'s K-window: ``module(z, *externals) -> taps``; ops lists (node name, kind) per tap."""
+
+    layer: str
+    module: fx.GraphModule
+    externals: list[fx.Node]
+    taps: list[fx.Node]
+    ops: list[tuple[str, str]] = field(default_factory=list)
+
+
+def build_window(gm: fx.GraphModule, layer_node: fx.Node, k: int) -> Window:
+    """Cut the window of `layer_node` reaching K counted operations deeper (fewer at the network's end)."""
+    modules = dict(gm.named_modules())
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    descendants = _descendants(layer_node)
+    taps, ops = [layer_node], [(layer_node.name, operation_kind(layer_node, modules) or "layer")]
+    for node in sorted(descendants, key=order.get):
+        if len(taps) > k:
+            break
+        kind = operation_kind(node, modules)
+        if kind is not None:
+            taps.append(node)
+            ops.append((node.name, kind))
+    inside = _ancestors_within(taps, descendants | {layer_node})
+    module, externals = _window_module(gm, layer_node, inside, taps, _constant_nodes(gm), order)
+    return Window(layer_node.target, module, externals, taps, ops)
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    seen, stack = set(), [node]
+    while stack:
+        for user in stack.pop().users:
+            if user not in seen and user.op != "output":
+                seen.add(user)
+                stack.append(user)
+    return seen
+
+
+def _ancestors_within(taps: list[fx.Node], allowed: set[fx.Node]) -> set[fx.Node]:
+    seen, stack = set(), list(taps)
+    while stack:
+        node = stack.pop()
+        if node in seen or node not in allowed:
+            continue
+        seen.add(node)
+        stack.extend(node.all_input_nodes)
+    return seen
+
+
+def _constant_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value does not depend on the input (get_attr and what is computed from them only)."""
+    constant: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" or (
+            node.op in ("call_function", "call_method", "call_module")
+            and all(arg in constant for arg in node.all_input_nodes)
+            and node.all_input_nodes
+        ):
+            constant.add(node)
+    return constant
+
+
+def _window_module(
+    gm: fx.GraphModule,
+    layer_node: fx.Node,
+    inside: set[fx.Node],
+    taps: list[fx.Node],
+    constants: set[fx.Node],
+    order: dict[fx.Node, int],
+) -> tuple[fx.GraphModule, list[fx.Node]]:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {layer_node: graph.placeholder("z")}
+    externals: list[fx.Node] = []
+
+    def lookup(node: fx.Node) -> fx.Node:
+        if node not in env:
+            if node in constants:
+                copy_constant(node)
+            else:
+                env[node] = graph.placeholder(f"ext_{node.name}")
+                externals.append(node)
+        return env[node]
+
+    def copy_constant(node: fx.Node) -> None:
+        for arg in node.all_input_nodes:
+            lookup(arg)
+        env[node] = graph.node_copy(node, lookup)
+
+    for node in sorted(inside - {layer_node}, key=order.get):
+        env[node] = graph.node_copy(node, lookup)
+    graph.output(tuple(env[t] for t in taps))
+    return fx.GraphModule(gm, graph, f"Window_{layer_node.name}"), externals
+
+
+class PrunedPath:
+    """Node values of the network being pruned on the calibration set, computed on demand.
+
+    Values are cached; when a layer's weight changes, `invalidate` drops everything downstream of it,
+    and `release_before` drops values no later node reads, so memory holds only the live frontier.
+    """
+
+    def __init__(self, gm: fx.GraphModule, inputs: torch.Tensor, batch_size: int) -> None:
+        self.gm, self.batch_size = gm, batch_size
+        self.order = {node: i for i, node in enumerate(gm.graph.nodes)}
+        self.interpreter = fx.Interpreter(gm)
+        self.names = {node.name: node for node in gm.graph.nodes}
+        self.env: dict[fx.Node, object] = {next(iter(gm.graph.nodes)): inputs}
+
+    def node(self, name: str) -> fx.Node:
+        """The node called `name` (traces of identical models name their nodes alike)."""
+        return self.names[name]
+
+    def value(self, node: fx.Node) -> object:
+        """The value of `node` (all images), computing missing ancestors in topological order."""
+        if node not in self.env:
+            missing = [n for n in self._ancestors(node) if n not in self.env]
+            for n in sorted(missing, key=self.order.get):
+                self.env[n] = self._run(n)
+        return self.env[node]
+
+    def values(self, nodes: Iterable[fx.Node]) -> list[object]:
+        return [self.value(n) for n in nodes]
+
+    def invalidate(self, node: fx.Node) -> None:
+        """Forget `node` and everything computed from it."""
+        for stale in _descendants(node) | {node}:
+            self.env.pop(stale, None)
+
+    def release_before(self, node: fx.Node) -> None:
+        """Forget values whose every reader comes before `node` in topological order."""
+        position = self.order[node]
+        for cached in list(self.env):
+            if cached.op != "placeholder" and all(self.order[u] < position for u in cached.users):
+                del self.env[cached]
+
+    def _ancestors(self, node: fx.Node) -> set[fx.Node]:
+        seen, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            if n in seen or n in self.env:
+                continue
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+        return seen
+
+    @torch.no_grad()
+    def _run(self, node: fx.Node) -> object:
+        self.interpreter.env = self.env
+        args, kwargs = self.interpreter.fetch_args_kwargs_from_env(node)
+        run = getattr(self.interpreter, node.op)
+        if node.op != "call_module" or not isinstance(self.gm.get_submodule(node.target), PRUNABLE_TYPES):
+            return run(node.target, args, kwargs)
+        # Convs and linears run in mini-batches to bound their workspace memory.
+        (x,) = args
+        return torch.cat([run(node.target, (chunk,), kwargs) for chunk in x.split(self.batch_size)])

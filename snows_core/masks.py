@@ -1,0 +1,230 @@
+"""Mask methods: score every weight, then keep the best-scored ones under a sparsity pattern.
+
+Convention: a mask is a bool tensor shaped like the weight, True = weight kept (torchao's convention;
+sparsegpt's ``mask1`` marks the opposite).
+
+Scoring and selection are separate. A registered mask method only scores (higher = more important):
+- ``magnitude``: |W|.
+- ``random``: uniform noise from the run's seed (a baseline).
+- ``wanda``: |W_ij| * ||X_j||_2, X_j the j-th input column seen by the layer on the calibration data
+  (Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs"); for a conv the columns are
+  the im2col columns (input channel, kernel row, kernel column). Scores are ranked per layer.
+- ``custom``: masks supplied by the user, checked for shape (and for the N:M pattern if one is set).
+
+Selection:
+- unstructured, "uniform": each layer keeps its top round((1 - s) * numel) scores.
+- unstructured, "global": one ranking across layers, with no layer pruned beyond a cap.
+- N:M: in every group of M consecutive input channels (per output channel and kernel position,
+  weight (out, in, kh, kw) grouped along ``in``; for Linear along input features) keep the top N.
+  This is the layout that sparse tensor cores accelerate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "MaskMethod",
+    "ScoreInputs",
+    "register_mask_method",
+    "get_mask_method",
+    "list_mask_methods",
+    "unstructured_mask",
+    "nm_mask",
+    "global_masks",
+    "nm_skip_reason",
+    "input_column_sq_norms",
+]
+
+
+@dataclass
+class ScoreInputs:
+    """What a scorer may read for one layer."""
+
+    name: str
+    weight: torch.Tensor  # (out, in, kh, kw) or (out, in)
+    column_sq_norms: torch.Tensor | None = None  # squared input-column norms, broadcast like weight
+    generator: torch.Generator | None = None
+    custom: torch.Tensor | None = None  # the user's bool mask, for "custom"
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    """A registered mask method: a scoring function plus what it needs."""
+
+    name: str
+    score: Callable[[ScoreInputs], torch.Tensor]
+    needs_activations: bool = False
+    user_supplied: bool = False
+    summary: str = ""
+
+
+_MASK_METHODS: dict[str, MaskMethod] = {}
+
+
+def register_mask_method(
+    name: str, *, needs_activations: bool = False, user_supplied: bool = False, summary: str = ""
+) -> Callable:
+    """Decorator registering `fn(inputs: ScoreInputs) -> scores` under `name`."""
+
+    def wrap(fn: Callable[[ScoreInputs], torch.Tensor]) -> Callable[[ScoreInputs], torch.Tensor]:
+        _MASK_METHODS[name] = MaskMethod(name, fn, needs_activations, user_supplied, summary or (fn.__doc__ or ""))
+        return fn
+
+    return wrap
+
+
+def get_mask_method(name: str) -> MaskMethod:
+    """The registered method called `name`; ValueError listing the known ones otherwise."""
+    if name not in _MASK_METHODS:
+        raise ValueError(f"mask must be one of {', '.join(map(repr, list_mask_methods()))}; got {name!r}")
+    return _MASK_METHODS[name]
+
+
+def list_mask_methods() -> list[str]:
+    """Names of the registered mask methods."""
+    return sorted(_MASK_METHODS)
+
+
+@register_mask_method("magnitude", summary="|W|: keep the largest weights")
+def magnitude_scores(inputs: ScoreInputs) -> torch.Tensor:
+    return inputs.weight.abs()
+
+
+@register_mask_method("random", summary="uniform noise from the seed: a baseline")
+def random_scores(inputs: ScoreInputs) -> torch.Tensor:
+    return torch.rand(inputs.weight.shape, generator=inputs.generator).to(inputs.weight.device)
+
+
+@register_mask_method("wanda", needs_activations=True, summary="|W| times the input column norm (Wanda)")
+def wanda_scores(inputs: ScoreInputs) -> torch.Tensor:
+    return inputs.weight.abs() * inputs.column_sq_norms.sqrt()
+
+
+@register_mask_method("custom", user_supplied=True, summary="masks you supply, one per layer")
+def custom_scores(inputs: ScoreInputs) -> torch.Tensor:
+    return inputs.custom.float()
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the top round((1 - sparsity) * numel) scores of one tensor."""
+    keep = _kept_count(scores.numel(), sparsity)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[torch.topk(scores.flatten(), keep, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+def nm_skip_reason(weight_shape: torch.Size, m: int) -> str | None:
+    """Why a weight cannot hold an N:M pattern (its input dimension is not a multiple of M), or None."""
+    in_dim = weight_shape[1]
+    if in_dim % m:
+        return f"input dimension {in_dim} is not a multiple of M={m}"
+    return None
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the top n of every m consecutive input channels, per output channel and kernel position."""
+    reason = nm_skip_reason(scores.shape, m)
+    if reason:
+        raise ValueError(f"cannot apply {n}:{m}: {reason}")
+    channels_last = scores.movedim(1, -1)  # (out, kh, kw, in)
+    groups = channels_last.reshape(*channels_last.shape[:-1], -1, m)  # (out, kh, kw, in/m, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(-1, torch.topk(groups, n, dim=-1).indices, True)
+    return keep.reshape(channels_last.shape).movedim(-1, 1).contiguous()
+
+
+def global_masks(scores: dict[str, torch.Tensor], sparsity: float, cap: float) -> dict[str, torch.Tensor]:
+    """One ranking over all layers keeping (1 - sparsity) of all weights, no layer sparser than `cap`.
+
+    Water-filling: layers that the global threshold would prune beyond the cap are fixed at the cap,
+    and the rest of the budget is ranked again over the other layers until no layer exceeds it.
+    """
+    total = sum(s.numel() for s in scores.values())
+    budget = _kept_count(total, sparsity)
+    floor = {name: _kept_count(s.numel(), cap) for name, s in scores.items()}
+    capped: set[str] = set()
+    while True:
+        free = [name for name in scores if name not in capped]
+        left = budget - sum(floor[name] for name in capped)
+        pooled = torch.cat([scores[name].flatten().float().cpu() for name in free])
+        if left <= 0:
+            counts = dict.fromkeys(free, 0)
+        else:
+            threshold = torch.topk(pooled, min(left, pooled.numel())).values.min()
+            counts = {name: int((scores[name] >= threshold).sum()) for name in free}
+        newly = {name for name in free if counts[name] < floor[name]}
+        if not newly:
+            break
+        capped |= newly
+    counts.update({name: floor[name] for name in capped})
+    _trim_ties(counts, {name: scores[name] for name in free}, left)
+    return {name: _top_count(scores[name], counts[name]) for name in scores}
+
+
+def _trim_ties(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: int) -> None:
+    """Scores tied at the threshold may overshoot the budget: take the excess from the largest layers."""
+    excess = sum(counts[name] for name in scores) - max(budget, 0)
+    for name in sorted(scores, key=lambda n: -counts[n]):
+        if excess <= 0:
+            break
+        take = min(excess, counts[name])
+        counts[name] -= take
+        excess -= take
+
+
+def _top_count(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if keep > 0:
+        mask[torch.topk(scores.flatten(), keep, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+def _kept_count(numel: int, sparsity: float) -> int:
+    return round((1.0 - sparsity) * numel)
+
+
+def input_column_sq_norms(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Squared norms of the layer's input columns over a batch, broadcast to the weight's shape.
+
+    Linear: sum over every position of x_j^2 for each input feature j. Conv2d: the im2col column
+    (input channel c, kernel offset i, j) summed over images and output positions, taken by strided
+    slicing of the padded input rather than materialising im2col.
+    """
+    if isinstance(module, nn.Conv2d):
+        return _conv_column_sq_norms(module, x)
+    if isinstance(module, nn.Linear):
+        return x.detach().pow(2).reshape(-1, x.shape[-1]).sum(0).expand_as(module.weight)
+    raise TypeError(f"no input statistics for {type(module).__name__}")
+
+
+def _conv_column_sq_norms(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    kh, kw = conv.kernel_size
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    pads = _conv_pads(conv)
+    squared = F.pad(x.detach().pow(2), (pads[1], pads[1], pads[0], pads[0]))  # (N, C, H+2ph, W+2pw)
+    out_h = (squared.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (squared.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    norms = torch.empty(x.shape[1], kh, kw, dtype=x.dtype, device=x.device)  # (C, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (out_h - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (out_w - 1) + 1, sw)
+            norms[:, i, j] = squared[:, :, rows, cols].sum(dim=(0, 2, 3))
+    out_per_group, in_per_group = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+    group_of_out = torch.arange(conv.out_channels, device=x.device) // out_per_group  # (out,)
+    channel = group_of_out[:, None] * in_per_group + torch.arange(in_per_group, device=x.device)  # (out, in/g)
+    return norms[channel]  # (out, in/g, kh, kw)
+
+
+def _conv_pads(conv: nn.Conv2d) -> tuple[int, int]:
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))
+    return conv.padding

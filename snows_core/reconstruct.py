@@ -1,0 +1,296 @@
+"""Reconstruction of one masked layer: none, closed-form least squares, or SNOWS Newton-CG.
+
+A `LayerProblem` holds what a layer's objective needs: the pruned-path input x (all earlier layers
+already pruned and reconstructed), the window's external inputs from the same path, and the dense
+targets, i.e. the window evaluated with the layer's dense weight on those same inputs, computed once.
+
+    L(W) = sum_{t=0..K} mean((o_t(W) - o_t(W_dense))^2),   W = 0 outside the mask.
+
+Registered methods (`register_reconstruction`, one factory `get_reconstruction`):
+- ``none``: W = W_dense * Z.
+- ``lstsq``: the K=0 problem in closed form, per output channel: (G_SS + lambda I) w_S = (G w_dense)_S
+  with G the Gram matrix of the layer's input columns. lambda = damping * numel(o_0) / 2 is the same
+  damping SNOWS adds to its Hessian, in the same units.
+- ``snows``: optional lstsq warm start ("MP+"), then Newton steps on mini-batches: CG on the free
+  weights for the direction, Armijo backtracking for the step; stop after `newton_steps` passes or
+  when each of 3 successive steps improves the loss by under 0.5%; keep the best iterate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snows_core.config import PruneConfig
+from snows_core.events import EventSink, NewtonStep
+from snows_core.solver import (
+    armijo_backtracking,
+    conjugate_gradient,
+    exact_curvature,
+    gauss_newton_curvature,
+    tap_loss,
+)
+
+__all__ = [
+    "LayerProblem",
+    "Solution",
+    "register_reconstruction",
+    "get_reconstruction",
+    "list_reconstructions",
+    "lstsq_weight",
+]
+
+STALL_IMPROVEMENT = 0.005  # a step improving the loss by less than 0.5% ...
+STALL_STEPS = 3  # ... this many times in a row ends the layer
+
+
+@dataclass
+class LayerProblem:
+    """One layer's reconstruction objective on the calibration set.
+
+    `targets` are the dense taps, (N, ...) each, and `x_target` the layer input that produced them.
+    Without them the targets are the window evaluated with the dense weight on the pruned-path
+    inputs (config targets="pruned-input"), computed once here.
+    """
+
+    name: str
+    module: nn.Module
+    x: torch.Tensor  # (N, ...) the layer's input on the pruned path
+    externals: list[object]  # the window's other inputs, on the pruned path
+    window: fx.GraphModule  # (z, *externals) -> taps
+    mask: torch.Tensor  # bool, like the weight; True = kept
+    dense_weight: torch.Tensor
+    batch_size: int
+    targets: list[torch.Tensor] = field(default_factory=list)
+    x_target: torch.Tensor | None = None
+    _mask_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.x_target is None:
+            self.x_target = self.x
+        if not self.targets:
+            with torch.no_grad():
+                self.targets = _cat_taps([self.taps(self.dense_weight, b) for b in self.batches()])
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    def batches(self, order: torch.Tensor | None = None) -> list[slice]:
+        starts = range(0, self.n, self.batch_size)
+        slices = [slice(s, min(s + self.batch_size, self.n)) for s in starts]
+        return slices if order is None else [slices[i] for i in order.tolist()]
+
+    def layer_output(self, weight: torch.Tensor, batch: slice) -> torch.Tensor:
+        return torch.func.functional_call(self.module, {"weight": weight}, (self.x[batch],))
+
+    def window_taps(self, z: torch.Tensor, batch: slice) -> tuple[torch.Tensor, ...]:
+        return self.window(z, *(_batch_of(e, batch, self.n) for e in self.externals))
+
+    def taps(self, weight: torch.Tensor, batch: slice) -> tuple[torch.Tensor, ...]:
+        return self.window_taps(self.layer_output(weight, batch), batch)
+
+    def weight_of(self, free: torch.Tensor) -> torch.Tensor:
+        """Scatter the free weights into a zero tensor shaped like the weight: pruned entries stay 0."""
+        return torch.zeros_like(self.dense_weight).masked_scatter(self.mask, free)
+
+    def batch_loss(self, weight: torch.Tensor, batch: slice) -> float:
+        with torch.no_grad():
+            return tap_loss(self.taps(weight, batch), [t[batch] for t in self.targets]).item()
+
+    @property
+    def mask_loss(self) -> float:
+        """The objective with the mask applied to the dense weight (computed once)."""
+        if self._mask_loss is None:
+            self._mask_loss = self.loss(self.dense_weight * self.mask)
+        return self._mask_loss
+
+    def loss(self, weight: torch.Tensor) -> float:
+        """The objective on the whole calibration set (tap means weighted by batch size)."""
+        return sum(self.batch_loss(weight, b) * (b.stop - b.start) for b in self.batches()) / self.n
+
+
+@dataclass
+class Solution:
+    """A reconstructed weight and what it took."""
+
+    weight: torch.Tensor
+    loss: float
+    newton_steps: int = 0
+    cg_iters: int = 0
+    loss_warm: float | None = None
+
+
+Reconstruction = Callable[[LayerProblem, PruneConfig, EventSink], Solution]
+_RECONSTRUCTIONS: dict[str, Reconstruction] = {}
+
+
+def register_reconstruction(name: str) -> Callable[[Reconstruction], Reconstruction]:
+    """Decorator registering `fn(problem, config, emit) -> Solution` under `name`."""
+
+    def wrap(fn: Reconstruction) -> Reconstruction:
+        _RECONSTRUCTIONS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_reconstruction(name: str) -> Reconstruction:
+    if name not in _RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction must be one of {', '.join(map(repr, list_reconstructions()))}; got {name!r}")
+    return _RECONSTRUCTIONS[name]
+
+
+def list_reconstructions() -> list[str]:
+    return sorted(_RECONSTRUCTIONS)
+
+
+@register_reconstruction("none")
+def mask_only(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> Solution:
+    return Solution(problem.dense_weight * problem.mask, problem.mask_loss)
+
+
+@register_reconstruction("lstsq")
+def least_squares(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> Solution:
+    weight = lstsq_weight(
+        problem.module, problem.x, problem.x_target, problem.dense_weight, problem.mask, cfg.damping, cfg.batch_size
+    )
+    return _no_worse_than_mask(problem, Solution(weight, problem.loss(weight)))
+
+
+@register_reconstruction("snows")
+def snows(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> Solution:
+    start = least_squares(problem, cfg, emit) if cfg.warm_start else mask_only(problem, cfg, emit)
+    solution = newton_cg(problem, cfg, start, emit)
+    solution.loss_warm = start.loss if cfg.warm_start else None
+    return _no_worse_than_mask(problem, solution)
+
+
+def _no_worse_than_mask(problem: LayerProblem, solution: Solution) -> Solution:
+    if solution.loss > problem.mask_loss:
+        masked = problem.dense_weight * problem.mask
+        return Solution(masked, problem.mask_loss, solution.newton_steps, solution.cg_iters, solution.loss_warm)
+    return solution
+
+
+def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: EventSink) -> Solution:
+    """Alg. 1 of SNOWS: Newton-CG passes over mini-batches with Armijo steps, keeping the best iterate."""
+    curvature = exact_curvature if cfg.curvature == "exact" else gauss_newton_curvature
+    free = start.weight[problem.mask]  # (n_free,)
+    best = Solution(start.weight, start.loss)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    n_batches = len(problem.batches())
+    steps, cg_total, stalled = 0, 0, 0
+    for _ in range(cfg.newton_steps):
+        for batch in problem.batches(torch.randperm(n_batches, generator=generator)):
+            tic = time.perf_counter()
+            free, cg_iters, alpha, loss, new_loss, residual = _newton_step(problem, cfg, curvature, free, batch)
+            steps, cg_total = steps + 1, cg_total + cg_iters
+            emit(NewtonStep(problem.name, steps, loss, new_loss, cg_iters, residual, alpha, time.perf_counter() - tic))
+            stalled = stalled + 1 if loss - new_loss < STALL_IMPROVEMENT * loss else 0
+            if stalled >= STALL_STEPS:
+                break
+        pass_loss = new_loss if n_batches == 1 else problem.loss(problem.weight_of(free))
+        if pass_loss < best.loss:
+            best = Solution(problem.weight_of(free), pass_loss)
+        if stalled >= STALL_STEPS:
+            break
+    return Solution(best.weight, best.loss, steps, cg_total)
+
+
+def _newton_step(
+    problem: LayerProblem, cfg: PruneConfig, curvature: Callable, free: torch.Tensor, batch: slice
+) -> tuple[torch.Tensor, int, float, float, float, float]:
+    targets = [t[batch] for t in problem.targets]
+    curv = curvature(
+        lambda w: problem.taps(problem.weight_of(w), batch),
+        targets,
+        free,
+        layer_of=lambda w: problem.layer_output(problem.weight_of(w), batch),
+        window_of=lambda z: problem.window_taps(z, batch),
+    )
+    cg = conjugate_gradient(curv.hvp, -curv.grad, max_iters=cfg.cg_iters, tol=cfg.cg_tol, damping=cfg.damping)
+    direction = cg.x.detach()
+    alpha, new_loss = armijo_backtracking(
+        lambda a: problem.batch_loss(problem.weight_of(free + a * direction), batch),
+        curv.loss,
+        curv.grad.dot(direction).item(),
+    )
+    return free + alpha * direction, cg.iters, alpha, curv.loss, new_loss, cg.residual
+
+
+def lstsq_weight(
+    module: nn.Module,
+    x: torch.Tensor,
+    x_target: torch.Tensor,
+    dense_weight: torch.Tensor,
+    mask: torch.Tensor,
+    damping: float,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Per output channel, ridge least squares on the kept inputs matching the dense layer's output.
+
+    Minimises ||X w_S - X_t w_dense||^2 + lambda ||w_S||^2 for every output row, X the input columns
+    on the pruned path and X_t those that produced the target (the same X, or the dense path's):
+    (G_SS + lambda I) w_S = (C w_dense)_S with G = X^T X, C = X^T X_t (im2col columns for a conv,
+    per group) and lambda = damping * numel(output) / 2.
+    """
+    gram, cross, numel_out = _input_grams(module, x, x_target, batch_size)  # (groups, d, d) each
+    groups = gram.shape[0]
+    rows = dense_weight.reshape(dense_weight.shape[0], -1).to(gram.dtype)  # (out, d)
+    keep = mask.reshape(rows.shape).to(gram.dtype)  # (out, d)
+    group_of_row = torch.arange(rows.shape[0], device=rows.device) // (rows.shape[0] // groups)  # (out,)
+    ridge = damping * numel_out / 2
+    solved = torch.empty_like(rows)
+    chunk = max(1, 2**24 // rows.shape[1] ** 2)  # bound the batched system to ~128 MB in float64
+    for start in range(0, rows.shape[0], chunk):
+        idx = slice(start, start + chunk)
+        g, s = gram[group_of_row[idx]], keep[idx]  # (c, d, d), (c, d)
+        system = g * s[:, :, None] * s[:, None, :] + torch.diag_embed(1 - s + ridge * s)  # (c, d, d)
+        rhs = s * torch.einsum("cde,ce->cd", cross[group_of_row[idx]], rows[idx])  # (c, d)
+        solved[idx] = torch.linalg.solve(system, rhs) * s
+    return solved.reshape(dense_weight.shape).to(dense_weight.dtype)
+
+
+def _input_grams(
+    module: nn.Module, x: torch.Tensor, x_target: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """G = X^T X and C = X^T X_t per group, (groups, d, d) in float64, and the output's numel.
+
+    Products run in float32 (fast BLAS) per chunk and accumulate in float64.
+    """
+    gram, cross, numel_out = 0, 0, 0
+    for chunk, chunk_t in zip(x.split(batch_size), x_target.split(batch_size), strict=True):
+        cols = _columns(module, chunk)  # (groups, d, n*L)
+        cols_t = cols if x_target is x else _columns(module, chunk_t)
+        gram = gram + (cols @ cols.transpose(1, 2)).double()
+        cross = cross + (cols @ cols_t.transpose(1, 2)).double()
+        numel_out += cols.shape[-1] * module.weight.shape[0]
+    return gram, cross, numel_out
+
+
+def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input columns, (groups, d, n*L): im2col for a conv, features for a Linear."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).T[None]  # (1, in, rows)
+    if not isinstance(module, nn.Conv2d) or isinstance(module.padding, str):
+        raise ValueError(f"lstsq supports Linear and Conv2d with numeric padding, not {module}")
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (n, C*k*k, L)
+    cols = cols.unflatten(1, (module.groups, -1))  # (n, groups, d, L)
+    return cols.permute(1, 2, 0, 3).flatten(2)  # (groups, d, n*L)
+
+
+def _batch_of(value: object, batch: slice, n: int) -> object:
+    if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n:
+        return value[batch]
+    return value
+
+
+def _cat_taps(per_batch: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    return [torch.cat(parts) for parts in zip(*per_batch, strict=True)]
