@@ -21,6 +21,7 @@ Untraceable blocks can be registered as leaves (`register_leaf_module`), as timm
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -77,17 +78,23 @@ class _Tracer(fx.Tracer):
 def trace(model: nn.Module) -> fx.GraphModule:
     """Trace `model` with torch.fx; the GraphModule shares the model's submodules (and weights)."""
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer().trace(model, concrete_args=_optional_arguments(model))
     except Exception as err:  # fx raises many types; all mean the same to the user
         where = _innermost_module(err)
         raise ValueError(
             f"cannot trace {type(model).__name__} with torch.fx{where}: {err}. Register the block that "
             "fails with snows_core.lookahead.register_leaf_module so it is traced as one call."
         ) from err
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise ValueError(f"the model must take exactly one input tensor; its forward takes {len(placeholders)}")
+    inputs = [n for n in graph.nodes if n.op == "placeholder" and not n.args]  # args hold a fixed default
+    if len(inputs) != 1:
+        raise ValueError(f"the model must take exactly one input tensor; its forward reads {len(inputs)}")
     return fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _optional_arguments(model: nn.Module) -> dict[str, object]:
+    """Forward arguments after the first that have defaults (masks, flags) are fixed at their defaults."""
+    parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _innermost_module(err: Exception) -> str:
@@ -236,7 +243,8 @@ class PrunedPath:
         self.order = {node: i for i, node in enumerate(gm.graph.nodes)}
         self.interpreter = fx.Interpreter(gm)
         self.names = {node.name: node for node in gm.graph.nodes}
-        self.env: dict[fx.Node, object] = {next(iter(gm.graph.nodes)): inputs}
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.env: dict[fx.Node, object] = {n: n.args[0] if n.args else inputs for n in placeholders}
 
     def node(self, name: str) -> fx.Node:
         """The node called `name` (traces of identical models name their nodes alike)."""

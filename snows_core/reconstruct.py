@@ -72,6 +72,7 @@ class LayerProblem:
     _mask_loss: float | None = None
 
     def __post_init__(self) -> None:
+        self.free_index = self.mask.flatten().nonzero().squeeze(1)  # (n_free,) positions of kept weights
         if self.x_target is None:
             self.x_target = self.x
         if not self.targets:
@@ -98,7 +99,8 @@ class LayerProblem:
 
     def weight_of(self, free: torch.Tensor) -> torch.Tensor:
         """Scatter the free weights into a zero tensor shaped like the weight: pruned entries stay 0."""
-        return torch.zeros_like(self.dense_weight).masked_scatter(self.mask, free)
+        flat = free.new_zeros(self.mask.numel()).scatter(0, self.free_index, free)  # (numel,)
+        return flat.view(self.mask.shape)
 
     def batch_loss(self, weight: torch.Tensor, batch: slice) -> float:
         with torch.no_grad():

@@ -1,0 +1,45 @@
+"""The prune command end to end on ResNet-20 and real CIFAR-10 images."""
+
+import json
+
+from safetensors.torch import load_file
+
+from snows_core.cli import main
+
+
+def test_prune_writes_weights_masks_and_report(shared, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "prune",
+            "--checkpoint",
+            str(shared / "models" / "resnet20-cifar10.th"),
+            "--data",
+            str(shared / "data" / "cifar10-subset.npz"),
+            "--sparsity",
+            "0.7",
+            "--k",
+            "1",
+            "--n-calib",
+            "64",
+            "--eval-size",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "layer1.0.conv1" in printed and "top-1: dense" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["sparsity"] == 0.7 and len(report["layers"]) == 18
+    assert 0.0 <= report["top1_pruned"] <= 1.0
+    masks, weights = load_file(str(out / "masks.safetensors")), load_file(str(out / "model.safetensors"))
+    assert len(masks) == 18
+    assert not weights["layer2.0.conv1.weight"][~masks["layer2.0.conv1"]].any()
+
+
+def test_bad_flags_exit_nonzero_with_the_field_named(tmp_path, capsys):
+    assert main(["prune", "--sparsity", "1.5", "--out", str(tmp_path)]) == 2
+    assert "sparsity" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

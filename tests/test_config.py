@@ -1,0 +1,77 @@
+"""PruneConfig: validation names the field, JSON round-trips, N:M implies sparsity."""
+
+import json
+
+import pytest
+
+from snows_core import SCHEMA_VERSION, PruneConfig
+
+
+def test_json_round_trip_with_schema_version():
+    cfg = PruneConfig(sparsity=0.9, mask="wanda", k=5, layers=["a.b", "c"], curvature="gauss-newton")
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["schema_version"] == SCHEMA_VERSION and data["layers"] == ["a.b", "c"]
+    assert PruneConfig.from_dict(data) == cfg
+    assert cfg.layers == ("a.b", "c")  # stored as a tuple: the config is hashable
+
+
+def test_nm_pattern_implies_sparsity():
+    assert PruneConfig(sparsity=None, pattern="2:4").sparsity == 0.5
+    assert PruneConfig(sparsity=0.75, pattern="1:4").nm == (1, 4)
+    with pytest.raises(ValueError, match="sparsity 0.9 does not match pattern '2:4'"):
+        PruneConfig(sparsity=0.9, pattern="2:4")
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": -0.1}, "sparsity"),
+        ({"sparsity": float("nan")}, "sparsity"),
+        ({"sparsity": None}, "sparsity"),
+        ({"pattern": "5:4"}, "pattern"),
+        ({"pattern": "2-4"}, "pattern"),
+        ({"pattern": "0:4"}, "pattern"),
+        ({"k": -1}, "k"),
+        ({"k": 1.5}, "k"),
+        ({"n_calib": 0}, "n_calib"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"cg_iters": 0}, "cg_iters"),
+        ({"damping": -1.0}, "damping"),
+        ({"mask": "nope"}, "mask"),
+        ({"reconstruction": "sgd"}, "reconstruction"),
+        ({"curvature": "fisher"}, "curvature"),
+        ({"allocation": "layerwise"}, "allocation"),
+        ({"targets": "teacher"}, "targets"),
+        ({"device": "tpu"}, "device"),
+        ({"warm_start": "yes"}, "warm_start"),
+        ({"layer_sparsity_cap": 0.3, "sparsity": 0.5}, "layer_sparsity_cap"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        PruneConfig(**kwargs)
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="'magnitude'.*'random'.*'wanda'"):
+        PruneConfig(mask="nope")
+    with pytest.raises(ValueError, match="'lstsq'.*'none'.*'snows'"):
+        PruneConfig(reconstruction="sgd")
+
+
+def test_global_allocation_refused_with_nm():
+    with pytest.raises(ValueError, match="allocation"):
+        PruneConfig(sparsity=None, pattern="2:4", allocation="global")
+
+
+def test_from_dict_refuses_unknown_fields_and_newer_schemas():
+    with pytest.raises(ValueError, match="unknown PruneConfig field"):
+        PruneConfig.from_dict({"sparsity": 0.5, "spars": 0.5})
+    with pytest.raises(ValueError, match="schema_version"):
+        PruneConfig.from_dict({"schema_version": SCHEMA_VERSION + 1})
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        PruneConfig().k = 4

@@ -1,0 +1,117 @@
+"""Reconstruction: lstsq equals its closed form, SNOWS never raises the loss, pruned entries stay zero."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snows_core import PruneConfig, prune_model
+from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.masks import unstructured_mask
+from snows_core.reconstruct import LayerProblem, get_reconstruction, lstsq_weight
+
+
+def ridge_rows(inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Row by row: argmin ||inputs[:, S] w - targets[:, o]||^2 + ridge ||w||^2, by an augmented lstsq."""
+    out = torch.zeros(mask.shape, dtype=torch.float64)
+    for o in range(mask.shape[0]):
+        cols = inputs[:, mask[o]]
+        a = torch.cat([cols, ridge**0.5 * torch.eye(cols.shape[1], dtype=torch.float64)])
+        b = torch.cat([targets[:, o], torch.zeros(cols.shape[1], dtype=torch.float64)])
+        out[o, mask[o]] = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+    return out
+
+
+def test_lstsq_linear_equals_closed_form():
+    g = torch.Generator().manual_seed(0)
+    layer = nn.Linear(6, 4).double()
+    x, x_dense = (
+        torch.randn(40, 6, generator=g, dtype=torch.float64),
+        torch.randn(40, 6, generator=g, dtype=torch.float64),
+    )
+    mask = torch.rand(4, 6, generator=g) > 0.4
+    damping = 1e-2
+    got = lstsq_weight(layer, x, x_dense, layer.weight.detach(), mask, damping)
+    expected = ridge_rows(x, x_dense @ layer.weight.detach().T, mask, ridge=damping * 40 * 4 / 2)
+    torch.testing.assert_close(got, expected)
+    assert not got[~mask].any()
+
+
+def test_lstsq_conv_equals_closed_form_on_im2col():
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False).double()
+    x = torch.randn(5, 3, 7, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(conv.weight.shape, generator=g) > 0.5
+    got = lstsq_weight(conv, x, x, conv.weight.detach(), mask, damping=1e-3)
+    cols = F.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27)  # (N*L, C*k*k)
+    flat_mask = mask.reshape(4, 27)
+    targets = cols @ conv.weight.detach().reshape(4, 27).T
+    expected = ridge_rows(cols, targets, flat_mask, ridge=1e-3 * cols.shape[0] * 4 / 2).reshape(conv.weight.shape)
+    torch.testing.assert_close(got, expected)
+
+
+def make_problem(model, layer: str, k: int, sparsity: float = 0.6) -> LayerProblem:
+    gm = trace(model)
+    node = next(n for n in prunable_nodes(gm) if n.target == layer)
+    path = PrunedPath(gm, torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(2)), batch_size=8)
+    module = gm.get_submodule(layer)
+    window = build_window(gm, node, k)
+    mask = unstructured_mask(module.weight.abs(), sparsity)
+    return LayerProblem(
+        layer,
+        module,
+        path.value(node.args[0]),
+        path.values(window.externals),
+        window.module,
+        mask,
+        module.weight.detach().clone(),
+        batch_size=8,
+    )
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gauss-newton"])
+def test_snows_at_k0_reaches_the_least_squares_optimum(tiny_resnet, curvature):
+    """K=0 with the same inputs is the lstsq problem; Newton-CG from the mask must land on its optimum."""
+    problem = make_problem(tiny_resnet, "c1", k=0)
+    cfg = PruneConfig(
+        k=0,
+        warm_start=False,
+        curvature=curvature,
+        newton_steps=6,
+        cg_iters=300,
+        cg_tol=1e-8,
+        damping=1e-8,
+        targets="pruned-input",
+        batch_size=16,
+    )
+    problem.batch_size = 16
+    snows = get_reconstruction("snows")(problem, cfg, lambda e: None)
+    lstsq = get_reconstruction("lstsq")(problem, cfg, lambda e: None)
+    assert snows.loss == pytest.approx(lstsq.loss, rel=1e-3)
+    torch.testing.assert_close(snows.weight, lstsq.weight, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("reconstruction", ["none", "lstsq", "snows"])
+@pytest.mark.parametrize("k", [0, 3])
+def test_reconstruction_never_raises_the_loss_and_keeps_pruned_weights_zero(tiny_resnet, reconstruction, k):
+    calib = torch.randn(24, 3, 6, 6, generator=torch.Generator().manual_seed(5))
+    cfg = PruneConfig(sparsity=0.7, reconstruction=reconstruction, k=k, n_calib=24, batch_size=8, newton_steps=2)
+    result = prune_model(tiny_resnet, calib, cfg)
+    modules = dict(result.model.named_modules())
+    for report in result.layers:
+        assert report.loss_after <= report.loss_before
+        weight = modules[report.name].weight
+        assert not weight[~result.masks[report.name]].any()
+        assert report.kept == int(result.masks[report.name].sum())
+        if reconstruction == "snows":
+            assert report.loss_after < report.loss_before and report.newton_steps >= 1 and report.cg_iters >= 1
+            assert report.loss_warm is not None and report.loss_after <= report.loss_warm
+
+
+def test_newton_steps_emit_events_with_losses_and_cg_counts(tiny_resnet):
+    calib = torch.randn(16, 3, 6, 6)
+    events = []
+    prune_model(tiny_resnet, calib, PruneConfig(k=2, n_calib=16, batch_size=8, newton_steps=2), on_event=events.append)
+    steps = [e for e in events if e.kind == "newton_step"]
+    assert steps and all(e.loss_after <= e.loss and 1 <= e.cg_iters <= 10 and 0 <= e.step_size <= 1 for e in steps)
+    assert {e.layer for e in steps} == {"c1", "c2"}

@@ -1,0 +1,170 @@
+"""CG against torch.linalg.solve, Armijo, and Hessian-vector products against explicit Hessians."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.masks import unstructured_mask
+from snows_core.reconstruct import LayerProblem
+from snows_core.solver import (
+    armijo_backtracking,
+    conjugate_gradient,
+    exact_curvature,
+    gauss_newton_curvature,
+    tap_loss,
+)
+
+torch.set_default_dtype(torch.float32)
+
+
+def random_spd(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return a @ a.T + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+def test_cg_matches_linalg_solve():
+    a, b = random_spd(30), torch.randn(30, dtype=torch.float64)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iters=200, tol=1e-12, damping=0.5)
+    expected = torch.linalg.solve(a + 0.5 * torch.eye(30, dtype=torch.float64), b)
+    torch.testing.assert_close(result.x, expected, rtol=1e-8, atol=1e-10)
+    assert result.iters <= 60 and result.residual <= 1e-12
+
+
+def test_cg_stops_at_max_iters_and_reports_residual():
+    a, b = random_spd(50, seed=1), torch.randn(50, dtype=torch.float64)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iters=3, tol=0.0, damping=0.0)
+    true_residual = (b - a @ result.x).norm() / b.norm()
+    assert result.iters == 3
+    assert result.residual == pytest.approx(true_residual.item(), rel=1e-6)
+
+
+def test_cg_returns_steepest_descent_on_negative_curvature():
+    b = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    result = conjugate_gradient(lambda v: -v, b, max_iters=10, tol=1e-9, damping=0.0)
+    assert torch.equal(result.x, b) and result.iters == 1
+
+
+def test_armijo_takes_the_full_newton_step_on_a_quadratic():
+    alpha, loss = armijo_backtracking(lambda a: (1.0 - a) ** 2, 1.0, slope=-2.0)
+    assert alpha == 1.0 and loss == 0.0
+
+
+def test_armijo_shrinks_then_gives_up_without_a_step():
+    calls = []
+    alpha, loss = armijo_backtracking(lambda a: calls.append(a) or 5.0, 1.0, slope=-1.0)
+    assert (alpha, loss) == (0.0, 1.0)
+    assert len(calls) == 50
+    assert calls[1] == pytest.approx(0.9) and calls[2] == pytest.approx(0.81)
+
+
+def tiny_problem(model: nn.Module, layer: str, k: int, sparsity: float = 0.5):
+    gm = trace(model)
+    node = next(n for n in prunable_nodes(gm) if n.target == layer)
+    x = torch.randn(6, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    path = PrunedPath(gm, x, batch_size=6)
+    module = gm.get_submodule(layer)
+    window = build_window(gm, node, k)
+    mask = unstructured_mask(module.weight.abs(), sparsity)
+    dense = module.weight.detach().clone()
+    perturbed = dense + 0.3 * torch.randn(dense.shape, generator=torch.Generator().manual_seed(4), dtype=dense.dtype)
+    problem = LayerProblem(
+        layer, module, path.value(node.args[0]), path.values(window.externals), window.module, mask, dense, batch_size=6
+    )
+    return problem, perturbed[mask].detach(), window
+
+
+def curvatures(problem: LayerProblem, free: torch.Tensor):
+    batch = slice(0, problem.n)
+    kwargs = dict(
+        layer_of=lambda w: problem.layer_output(problem.weight_of(w), batch),
+        window_of=lambda z: problem.window_taps(z, batch),
+    )
+    taps_of = lambda w: problem.taps(problem.weight_of(w), batch)  # noqa: E731
+    return taps_of, {
+        "exact": exact_curvature(taps_of, problem.targets, free, **kwargs),
+        "gauss-newton": gauss_newton_curvature(taps_of, problem.targets, free, **kwargs),
+    }
+
+
+@pytest.mark.parametrize("layer,k,crosses", [("c2", 0, set()), ("c2", 2, {"add", "relu"}), ("c1", 3, {"add"})])
+def test_hvp_matches_explicit_hessian(tiny_resnet, layer, k, crosses):
+    problem, free, window = tiny_problem(tiny_resnet.double(), layer, k)
+    ops = {str(n.target) for n in window.module.graph.nodes} | {n.name for n in window.module.graph.nodes}
+    assert all(any(c in o for o in ops) for c in crosses)
+    taps_of, curv = curvatures(problem, free)
+    loss_of = lambda w: tap_loss(taps_of(w), problem.targets)  # noqa: E731
+    hessian = torch.autograd.functional.hessian(loss_of, free)  # (n_free, n_free), built entry by entry
+    gradient = torch.func.grad(loss_of)(free)
+    v = torch.randn(free.shape, dtype=free.dtype, generator=torch.Generator().manual_seed(5))
+    for name, c in curv.items():
+        torch.testing.assert_close(c.hvp(v), hessian @ v, rtol=1e-7, atol=1e-9, msg=name)
+        torch.testing.assert_close(c.grad, gradient, rtol=1e-7, atol=1e-9, msg=name)
+        assert c.loss == pytest.approx(loss_of(free).item(), rel=1e-9)
+
+
+def test_gauss_newton_is_the_psd_part_for_smooth_windows():
+    """With GELU the exact Hessian has a residual term; Gauss-Newton drops it (and stays PSD)."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)).double().eval()
+    gm = trace(model)
+    node = prunable_nodes(gm)[1]
+    x = torch.randn(7, 4, dtype=torch.float64)
+    path = PrunedPath(gm, x, 7)
+    module = gm.get_submodule(node.target)
+    window = build_window(gm, node, 2)
+    mask = unstructured_mask(module.weight.abs(), 0.5)
+    problem = LayerProblem(
+        node.target, module, path.value(node.args[0]), [], window.module, mask, module.weight.detach().clone(), 7
+    )
+    free = problem.dense_weight[mask] + 0.5
+    taps_of, curv = curvatures(problem, free)
+    eye = torch.eye(free.numel(), dtype=torch.float64)
+    gn = torch.stack([curv["gauss-newton"].hvp(e) for e in eye])
+    exact = torch.stack([curv["exact"].hvp(e) for e in eye])
+    jac = torch.autograd.functional.jacobian(lambda w: taps_of(w)[-1], free).reshape(-1, free.numel())
+    jac0 = torch.autograd.functional.jacobian(lambda w: taps_of(w)[0], free).reshape(-1, free.numel())
+    jac1 = torch.autograd.functional.jacobian(lambda w: taps_of(w)[1], free).reshape(-1, free.numel())
+    n = [t.numel() for t in problem.targets]
+    expected = 2 * (jac0.T @ jac0 / n[0] + jac1.T @ jac1 / n[1] + jac.T @ jac / n[2])
+    torch.testing.assert_close(gn, expected, rtol=1e-7, atol=1e-10)
+    assert torch.linalg.eigvalsh(gn).min() > -1e-10
+    assert not torch.allclose(gn, exact)
+
+
+def test_hvp_exact_beyond_1e5_free_weights():
+    """A layer with 131,072 free weights: products agree with central differences of the gradient.
+
+    The window (linear, ReLU, linear) is piecewise linear, so its gradient is piecewise linear in the
+    weights and a central difference over a tiny step is exact up to rounding.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).double().eval()
+    model.requires_grad_(False)
+    gm = trace(model)
+    node = prunable_nodes(gm)[1]
+    x = torch.randn(32, 64, dtype=torch.float64)
+    path = PrunedPath(gm, x, 32)
+    module = gm.get_submodule(node.target)
+    window = build_window(gm, node, 2)
+    mask = unstructured_mask(module.weight.abs(), 0.5)
+    problem = LayerProblem(
+        node.target, module, path.value(node.args[0]), [], window.module, mask, module.weight.detach().clone(), 32
+    )
+    free = problem.dense_weight[mask]
+    assert free.numel() == 131_072
+    taps_of, curv = curvatures(problem, free)
+    loss_of = lambda w: tap_loss(taps_of(w), problem.targets)  # noqa: E731
+    v = torch.randn(free.shape, dtype=free.dtype)
+    grad_of, step = torch.func.grad(loss_of), 1e-6
+    expected = (grad_of(free + step * v) - grad_of(free - step * v)) / (2 * step)
+    for name, c in curv.items():
+        torch.testing.assert_close(c.hvp(v), expected, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_tap_loss_normalises_each_tap_by_its_own_size():
+    taps = [torch.ones(2), torch.ones(8)]
+    targets = [torch.zeros(2), torch.zeros(8)]
+    assert tap_loss(taps, targets).item() == 2.0
+    assert F.mse_loss(torch.cat(taps), torch.cat(targets)).item() == 1.0
