@@ -1,0 +1,152 @@
+"""Benchmark: SNOWS on ResNet-20 / CIFAR-10 (the paper's benchmark), printed as Markdown tables.
+
+For each sparsity and method: top-1 on the test subset, seconds, cost in dense-forward-equivalents
+(seconds / one dense forward over the calibration images, measured in the same process) and peak
+memory; then the HVP micro-benchmark (one Hessian-vector product / one window forward).
+
+    .venv/bin/python benchmarks/bench_resnet20.py [--shared ../shared] [--sparsity 0.5,0.7,0.9] [--ablations]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from snows_core import PruneConfig, prune_model
+from snows_core.data import load_npz
+from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.masks import unstructured_mask
+from snows_core.metrics import top1
+from snows_core.models import create_model
+from snows_core.reconstruct import LayerProblem
+from snows_core.solver import exact_curvature, gauss_newton_curvature
+
+METHODS = {
+    "mask only": dict(reconstruction="none"),
+    "lstsq": dict(reconstruction="lstsq"),
+    "snows K=0": dict(reconstruction="snows", k=0),
+    "snows K=3": dict(reconstruction="snows", k=3),
+    "snows K=6": dict(reconstruction="snows", k=6),
+}
+ABLATIONS = {
+    "snows K=3, no warm start": dict(reconstruction="snows", k=3, warm_start=False),
+    "snows K=3, pruned-input targets": dict(reconstruction="snows", k=3, targets="pruned-input"),
+    "snows K=3, gauss-newton": dict(reconstruction="snows", k=3, curvature="gauss-newton"),
+    "snows K=3, 3 passes x 25 CG": dict(reconstruction="snows", k=3, newton_steps=3, cg_iters=25),
+}
+
+
+def timed(fn, repeats: int = 5) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def dense_forward_seconds(model: torch.nn.Module, calib: torch.Tensor) -> float:
+    with torch.no_grad():
+        return timed(lambda: model(calib))
+
+
+def run_method(model, calib, test_x, test_y, sparsity: float, overrides: dict) -> dict:
+    cfg = PruneConfig(sparsity=sparsity, mask="magnitude", n_calib=calib.shape[0], device="cpu", **overrides)
+    tic = time.perf_counter()
+    result = prune_model(copy.deepcopy(model), calib, cfg)
+    seconds = time.perf_counter() - tic
+    peak = max((r.peak_mem for r in result.layers), default=0)
+    return {"top1": top1(result.model, test_x, test_y), "seconds": seconds, "peak_mb": peak / 2**20}
+
+
+def hvp_ratios(model: torch.nn.Module, calib: torch.Tensor, layers: list[str], k: int = 3) -> list[dict]:
+    """Per layer: window forward ms, and HVP ms for both curvatures (one product, setup excluded)."""
+    gm = trace(copy.deepcopy(model).requires_grad_(False))
+    path = PrunedPath(gm, calib, calib.shape[0])
+    rows = []
+    for node in [n for n in prunable_nodes(gm) if n.target in layers]:
+        module = gm.get_submodule(node.target)
+        window = build_window(gm, node, k)
+        mask = unstructured_mask(module.weight.abs(), 0.9)
+        problem = LayerProblem(
+            node.target,
+            module,
+            path.value(node.args[0]),
+            path.values(window.externals),
+            window.module,
+            mask,
+            module.weight.detach().clone(),
+            calib.shape[0],
+        )
+        batch, weight = slice(0, problem.n), problem.dense_weight * mask
+        free = weight[mask]
+        with torch.no_grad():
+            forward = timed(lambda: problem.taps(weight, batch))  # noqa: B023
+        row = {"layer": node.target, "window_ms": forward * 1e3, "free": free.numel()}
+        kwargs = dict(
+            layer_of=lambda w: problem.layer_output(problem.weight_of(w), batch),  # noqa: B023
+            window_of=lambda z: problem.window_taps(z, batch),  # noqa: B023
+        )
+        taps_of = lambda w: problem.taps(problem.weight_of(w), batch)  # noqa: B023, E731
+        for name, curvature in (("exact", exact_curvature), ("gauss-newton", gauss_newton_curvature)):
+            curv = curvature(taps_of, problem.targets, free, **kwargs)
+            v = torch.randn_like(free)
+            row[f"{name}_ms"] = timed(lambda: curv.hvp(v)) * 1e3  # noqa: B023
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("SNOWS_SHARED", "../shared")))
+    parser.add_argument("--sparsity", default="0.5,0.7,0.9")
+    parser.add_argument("--n-calib", type=int, default=256)
+    parser.add_argument("--ablations", action="store_true", help="also run the ablations at the last sparsity")
+    args = parser.parse_args()
+
+    model = create_model("resnet20", checkpoint=args.shared / "models" / "resnet20-cifar10.th").requires_grad_(False)
+    train_x, _ = load_npz(args.shared / "data" / "cifar10-subset.npz", "train")
+    test_x, test_y = load_npz(args.shared / "data" / "cifar10-subset.npz", "test")
+    calib = train_x[: args.n_calib]
+    forward = dense_forward_seconds(model, calib)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(
+        f"dense top-1 {top1(model, test_x, test_y):.4f} on {len(test_y)} test images; "
+        f"dense forward over {len(calib)} calibration images: {forward * 1e3:.1f} ms (median of 5)\n"
+    )
+    print("| sparsity | method | top-1 | seconds | dense-forward-equivalents | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    sparsities = [float(s) for s in args.sparsity.split(",")]
+    for sparsity in sparsities:
+        methods = {**METHODS, **(ABLATIONS if args.ablations and sparsity == sparsities[-1] else {})}
+        for name, overrides in methods.items():
+            r = run_method(model, calib, test_x, test_y, sparsity, overrides)
+            print(
+                f"| {sparsity:.0%} | {name} | {r['top1']:.4f} | {r['seconds']:.1f} | {r['seconds'] / forward:.0f} "
+                f"| {r['peak_mb']:.0f} |",
+                flush=True,
+            )
+    print("\nHVP micro-benchmark (K=3, 90% magnitude mask, one product on all calibration images)\n")
+    print("| layer | free weights | window forward ms | exact HVP ms (ratio) | Gauss-Newton HVP ms (ratio) |")
+    print("|---|---|---|---|---|")
+    for row in hvp_ratios(model, calib, ["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer3.2.conv2"]):
+        w = row["window_ms"]
+        print(
+            f"| {row['layer']} | {row['free']} | {w:.1f} | {row['exact_ms']:.1f} ({row['exact_ms'] / w:.1f}x) "
+            f"| {row['gauss-newton_ms']:.1f} ({row['gauss-newton_ms'] / w:.1f}x) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
