@@ -115,7 +115,9 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true", help="also run the ablations at the last sparsity")
     args = parser.parse_args()
 
-    model = create_model("resnet20", checkpoint=args.shared / "models" / "resnet20-cifar10.th").requires_grad_(False)
+    model = create_model("resnet20_cifar10", checkpoint=args.shared / "models" / "resnet20-cifar10.th").requires_grad_(
+        False
+    )
     train_x, _ = load_npz(args.shared / "data" / "cifar10-subset.npz", "train")
     test_x, test_y = load_npz(args.shared / "data" / "cifar10-subset.npz", "test")
     calib = train_x[: args.n_calib]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,18 +15,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from snows_core.config import PruneConfig
-from snows_core.data import calibration_images, load_npz
+from snows_core.data import calibration_images, list_datasets, load_dataset
 from snows_core.events import Event
-from snows_core.metrics import top1
-from snows_core.models import create_model, list_models
+from snows_core.metrics import evaluate
+from snows_core.models import create_model, list_models, model_info
 from snows_core.prune import prune_model, resolve_device
 from snows_core.report import PruneResult
 
 __all__ = ["main"]
-
-SHARED = Path(os.environ.get("SNOWS_SHARED", "../shared"))
-DEFAULT_CHECKPOINT = SHARED / "models" / "resnet20-cifar10.th"
-DEFAULT_DATA = SHARED / "data" / "cifar10-subset.npz"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,9 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     prune = commands.add_parser("prune", help="prune a model and write the result to a folder")
     prune.set_defaults(command=_prune)
-    prune.add_argument("--arch", default="resnet20", choices=list_models(), help="architecture")
-    prune.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="weights (safetensors or .th)")
-    prune.add_argument("--data", type=Path, default=DEFAULT_DATA, help=".npz with train_x/train_y/test_x/test_y")
+    prune.add_argument("--model", default="resnet20", help=f"{', '.join(list_models())}, or timm:NAME/torchvision:NAME")
+    prune.add_argument("--checkpoint", type=Path, default=None, help="weights to load (safetensors or state_dict)")
+    prune.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())} (default: the model's own)")
+    prune.add_argument("--data-root", type=Path, default=None, help="where the dataset is: an .npz file or a folder")
     prune.add_argument("--out", type=Path, default=Path("out/prune"), help="folder for weights, masks, report")
     prune.add_argument("--eval-size", type=int, default=None, help="test images for top-1 (default: all)")
     add_config_arguments(prune)
@@ -102,24 +98,27 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
 def _prune(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    model = create_model(args.arch, checkpoint=args.checkpoint)
-    train_x, _ = load_npz(args.data, "train")
-    test_x, test_y = load_npz(args.data, "test")
-    if args.eval_size is not None:
-        test_x, test_y = test_x[: args.eval_size], test_y[: args.eval_size]
+    model = create_model(args.model, checkpoint=args.checkpoint)
+    dataset = args.dataset or _model_dataset(args.model)
+    calib = calibration_images(load_dataset(dataset, "train", args.data_root), config.n_calib, config.seed)
+    test = load_dataset(dataset, "test", args.data_root)
     device = resolve_device(config.device)
-    dense_top1 = top1(model, test_x, test_y, device=device)
+    dense = evaluate(model, test, device=device, limit=args.eval_size)["top1"]
     with ProgressBar() as bar:
-        result = prune_model(model, calibration_images(train_x, config.n_calib, config.seed), config, bar)
-    pruned_top1 = top1(result.model, test_x, test_y, device=device)
+        result = prune_model(model, calib, config, bar)
+    pruned = evaluate(result.model, test, device=device, limit=args.eval_size)["top1"]
     print(layer_table(result))
-    print(
-        f"top-1: dense {dense_top1:.4f} -> pruned {pruned_top1:.4f}  sparsity {result.sparsity:.3f}  "
-        f"{result.seconds:.1f}s"
-    )
-    save_result(result, args.out, {"top1_dense": dense_top1, "top1_pruned": pruned_top1, "arch": args.arch})
+    print(f"top-1: dense {dense:.4f} -> pruned {pruned:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s")
+    extra = {"top1_dense": dense, "top1_pruned": pruned, "model": args.model, "dataset": dataset}
+    save_result(result, args.out, extra)
     print(f"wrote {args.out}")
     return 0
+
+
+def _model_dataset(name: str) -> str:
+    if ":" in name:
+        return "imagefolder"
+    return model_info(name).dataset
 
 
 class ProgressBar:

@@ -6,8 +6,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
-__all__ = ["top1", "layer_sparsity"]
+from snows_core.data import stack_images
+
+__all__ = ["top1", "evaluate", "layer_sparsity"]
+
+Progress = Callable[[int, int], None]
 
 
 @torch.no_grad()
@@ -17,17 +22,42 @@ def top1(
     labels: torch.Tensor,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> float:
     """Fraction of images whose arg-max logit is the label."""
+    return _accuracies(model, images.shape[0], lambda s: (images[s], labels[s]), batch_size, device, on_progress)[0]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    limit: int | None = None,
+    on_progress: Progress | None = None,
+) -> dict[str, float]:
+    """Top-1 (and top-5 when there are at least 10 classes) on the first `limit` items of `dataset`."""
+    n = min(len(dataset), limit) if limit else len(dataset)
+    fetch = lambda s: stack_images(dataset, torch.arange(s.start, s.stop))  # noqa: E731
+    first, fifth = _accuracies(model, n, fetch, batch_size, device, on_progress)
+    return {"top1": first, **({"top5": fifth} if fifth is not None else {}), "images": n}
+
+
+def _accuracies(model, n, fetch, batch_size, device, on_progress) -> tuple[float, float | None]:
     model = model.eval().to(device)
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start : start + batch_size].to(device))  # (B, classes)
-        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
+    correct1 = correct5 = 0
+    has_top5 = True
+    for start in range(0, n, batch_size):
+        x, y = fetch(slice(start, min(start + batch_size, n)))
+        logits = model(x.to(device)).cpu()  # (B, classes)
+        correct1 += int((logits.argmax(1) == y).sum())
+        has_top5 = has_top5 and logits.shape[1] >= 10
+        if has_top5:
+            correct5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
         if on_progress:
-            on_progress(min(start + batch_size, images.shape[0]), images.shape[0])
-    return correct / images.shape[0]
+            on_progress(min(start + batch_size, n), n)
+    return correct1 / n, (correct5 / n if has_top5 else None)
 
 
 def layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:

@@ -85,7 +85,7 @@ def prune_model(
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" means CUDA when present, else CPU."""
+    """The torch device for a config's `device`: "auto" is CUDA when present, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from snows_core.config import PruneConfig
 from snows_core.events import EventSink, NewtonStep
@@ -48,6 +49,7 @@ __all__ = [
 
 STALL_IMPROVEMENT = 0.005  # a step improving the loss by less than 0.5% ...
 STALL_STEPS = 3  # ... this many times in a row ends the layer
+CURVATURE_PRODUCTS = {"exact": exact_curvature, "gauss-newton": gauss_newton_curvature}
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _no_worse_than_mask(problem: LayerProblem, solution: Solution) -> Solution:
 
 def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: EventSink) -> Solution:
     """Alg. 1 of SNOWS: Newton-CG passes over mini-batches with Armijo steps, keeping the best iterate."""
-    curvature = exact_curvature if cfg.curvature == "exact" else gauss_newton_curvature
+    curvature = CURVATURE_PRODUCTS[cfg.curvature]
     free = start.weight[problem.mask]  # (n_free,)
     best = Solution(start.weight, start.loss)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -206,6 +208,8 @@ def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: Ev
     return Solution(best.weight, best.loss, steps, cg_total)
 
 
+# Fused attention kernels have no second derivative; the math kernel is made of differentiable ops.
+@sdpa_kernel([SDPBackend.MATH])
 def _newton_step(
     problem: LayerProblem, cfg: PruneConfig, curvature: Callable, free: torch.Tensor, batch: slice
 ) -> tuple[torch.Tensor, int, float, float, float, float]:

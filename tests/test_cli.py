@@ -12,9 +12,13 @@ def test_prune_writes_weights_masks_and_report(shared, tmp_path, capsys):
     code = main(
         [
             "prune",
+            "--model",
+            "resnet20_cifar10",
             "--checkpoint",
             str(shared / "models" / "resnet20-cifar10.th"),
-            "--data",
+            "--dataset",
+            "cifar10",
+            "--data-root",
             str(shared / "data" / "cifar10-subset.npz"),
             "--sparsity",
             "0.7",

@@ -73,7 +73,7 @@ def tiny_vit() -> nn.Module:
 
 
 ARCHITECTURES = {
-    "resnet20": lambda: create_model("resnet20"),
+    "resnet20": lambda: create_model("resnet20_cifar10", pretrained=False),
     "depthwise_se": DepthwiseSENet,
     "timm_vit": tiny_vit,
 }

@@ -11,39 +11,39 @@ from snows_core.metrics import top1
 from snows_core.models import create_model, list_models, read_state_dict
 
 
-@pytest.mark.parametrize("name,convs", [("resnet20", 19), ("resnet32", 31), ("resnet56", 55)])
+@pytest.mark.parametrize("name,convs", [("resnet20_cifar10", 19), ("resnet32_cifar10", 31), ("resnet56_cifar10", 55)])
 def test_cifar_resnet_depths(name, convs):
-    model = create_model(name)
+    model = create_model(name, pretrained=False)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert name in list_models()
 
 
 def test_akamaster_checkpoint_loads_and_scores_as_published(shared):
-    model = create_model("resnet20", checkpoint=shared / "models" / "resnet20-cifar10.th")
+    model = create_model("resnet20_cifar10", checkpoint=shared / "models" / "resnet20-cifar10.th")
     test_x, test_y = load_npz(shared / "data" / "cifar10-subset.npz", "test")
     assert top1(model, test_x, test_y) == pytest.approx(0.9164, abs=5e-4)
 
 
 def test_safetensors_round_trip(tmp_path):
-    model = create_model("resnet20")
+    model = create_model("resnet20_cifar10", pretrained=False)
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
-    loaded = create_model("resnet20", checkpoint=tmp_path / "w.safetensors")
+    loaded = create_model("resnet20_cifar10", checkpoint=tmp_path / "w.safetensors")
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
 
 
 def test_mismatched_checkpoint_names_the_first_bad_key(tmp_path):
-    state = create_model("resnet20").state_dict()
+    state = create_model("resnet20_cifar10", pretrained=False).state_dict()
     state["linear.weight"] = torch.zeros(7, 64)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"'linear.weight' has shape \(7, 64\), expected \(10, 64\)"):
-        create_model("resnet20", checkpoint=tmp_path / "bad.pt")
+        create_model("resnet20_cifar10", checkpoint=tmp_path / "bad.pt")
     del state["linear.weight"]
     torch.save(state, tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="lacks 'linear.weight'"):
-        create_model("resnet20", checkpoint=tmp_path / "missing.pt")
+        create_model("resnet20_cifar10", checkpoint=tmp_path / "missing.pt")
 
 
 class Exploit:

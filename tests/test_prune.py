@@ -131,7 +131,7 @@ def test_wanda_masks_follow_input_norms(tiny_resnet):
 
 def test_resnet20_on_cifar10_snows_beats_mask_only(shared):
     """End to end on real data: 50% unstructured magnitude, 128 calibration images, 500 test images."""
-    model = create_model("resnet20", checkpoint=shared / "models" / "resnet20-cifar10.th")
+    model = create_model("resnet20_cifar10", checkpoint=shared / "models" / "resnet20-cifar10.th")
     train_x, _ = load_npz(shared / "data" / "cifar10-subset.npz", "train")
     test_x, test_y = load_npz(shared / "data" / "cifar10-subset.npz", "test")
     test_x, test_y = test_x[:500], test_y[:500]
@@ -144,3 +144,15 @@ def test_resnet20_on_cifar10_snows_beats_mask_only(shared):
     dense = top1(model, test_x, test_y)
     assert scores["snows"] > scores["none"]
     assert scores["snows"] >= dense - 0.01
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gauss-newton"])
+def test_snows_runs_on_a_timm_vit_and_a_depthwise_se_net(curvature):
+    """Attention (whose fused kernels have no double backward), GELU, SiLU, sigmoid gates, depthwise convs."""
+    from test_lookahead import tiny_vit
+
+    for model, shape in ((tiny_vit().eval(), (8, 3, 16, 16)), (DepthwiseSENet().eval(), (8, 3, 6, 6))):
+        cfg = PruneConfig(sparsity=0.5, k=3, n_calib=8, curvature=curvature)
+        result = prune_model(model, torch.randn(shape), cfg)
+        assert result.layers and all(r.loss_after <= r.loss_before for r in result.layers)
+        assert sum(r.loss_after < r.loss_before for r in result.layers) >= len(result.layers) // 2

@@ -1,8 +1,16 @@
-"""Model registry (timm style): `@register_model` on a factory, one `create_model`, `list_models`."""
+"""Model registry (timm style): `@register_model` on a factory, one `create_model`, `list_models`.
+
+Three kinds of names:
+- zoo models trained by this project, weights shipped in assets/ with a model card (offline);
+- architectures that take a checkpoint file (``resnet20_cifar10`` and its deeper siblings);
+- ``timm:NAME`` and ``torchvision:NAME`` for ImageNet models: pretrained weights download when
+  online; offline a clear error says so, and ``pretrained=False`` still builds the architecture.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,29 +20,66 @@ import torch.nn as nn
 
 from snows_core.models.checkpoint import load_weights
 
-__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info"]
+__all__ = ["ASSETS", "ModelInfo", "register_model", "create_model", "list_models", "model_info"]
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+HUBS = ("timm", "torchvision")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Metadata shown next to a model's name."""
+    """Metadata shown next to a model's name; `card` is the shipped model card, if any."""
 
     name: str
-    factory: Callable[..., nn.Module]
+    factory: Callable[..., nn.Module] = field(repr=False)
     input_size: tuple[int, int, int]
     dataset: str
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # file in assets/ holding the trained weights
+    checkpoint_hint: str = ""  # where to get weights when none ship
+
+    @property
+    def card(self) -> dict[str, Any]:
+        path = ASSETS / f"{self.name}.json"
+        return json.loads(path.read_text()) if self.weights and path.is_file() else {}
+
+    @property
+    def top1(self) -> float | None:
+        """Dense top-1 on the dataset's test set, from the model card (None when unknown)."""
+        return self.card.get("test_top1")
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.factory().parameters())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input_size": list(self.input_size),
+            "dataset": self.dataset,
+            "top1": self.top1,
+            "params": self.params,
+            "source": self.source,
+            "pretrained": self.weights is not None,
+        }
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, input_size: tuple[int, int, int], dataset: str, source: str = "", **extra: Any):
+def register_model(
+    name: str,
+    *,
+    input_size: tuple[int, int, int],
+    dataset: str,
+    source: str = "",
+    weights: str | None = None,
+    checkpoint_hint: str = "",
+) -> Callable:
     """Decorator registering a factory `fn(**kwargs) -> nn.Module` under `name`."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS[name] = ModelInfo(name, fn, input_size, dataset, source, extra)
+        _MODELS[name] = ModelInfo(name, fn, input_size, dataset, source, weights, checkpoint_hint)
         return fn
 
     return wrap
@@ -42,7 +87,8 @@ def register_model(name: str, *, input_size: tuple[int, int, int], dataset: str,
 
 def model_info(name: str) -> ModelInfo:
     if name not in _MODELS:
-        raise ValueError(f"model must be one of {', '.join(map(repr, list_models()))}; got {name!r}")
+        known = ", ".join(map(repr, list_models()))
+        raise ValueError(f"model must be one of {known}, or timm:NAME / torchvision:NAME; got {name!r}")
     return _MODELS[name]
 
 
@@ -51,9 +97,42 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model in eval mode, loading `checkpoint` (safetensors or a state_dict) if given."""
-    model = model_info(name).factory(**kwargs)
+def create_model(name: str, pretrained: bool = True, checkpoint: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build `name` in eval mode with its trained weights.
+
+    Args:
+        name: a registered name, or "timm:NAME" / "torchvision:NAME".
+        pretrained: load the shipped (or, for hub names, downloaded) weights; False = random init.
+        checkpoint: a safetensors file or state_dict to load instead (never unpickles code).
+    """
+    hub, _, hub_name = name.partition(":")
+    if hub in HUBS and hub_name:
+        model = _hub_model(hub, hub_name, pretrained and checkpoint is None, **kwargs)
+    else:
+        info = model_info(name)
+        model = info.factory(**kwargs)
+        if checkpoint is None and pretrained:
+            if info.weights is None:
+                raise ValueError(f"{name} ships no weights: pass checkpoint=PATH. {info.checkpoint_hint}".strip())
+            checkpoint = ASSETS / info.weights
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model.eval()
+
+
+def _hub_model(hub: str, name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    try:
+        if hub == "timm":
+            import timm
+
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        import torchvision
+
+        return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    except (RuntimeError, OSError, ValueError) as err:
+        if not pretrained:
+            raise ValueError(f"{hub} has no model {name!r}: {err}") from err
+        raise ValueError(
+            f"could not download pretrained weights for {hub}:{name} (offline?): {str(err).splitlines()[0]}. "
+            f"Use pretrained=False to explore the architecture with random weights."
+        ) from err

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from snows_core.models._registry import register_model
 
-__all__ = ["CifarResNet", "resnet20", "resnet32", "resnet56"]
+__all__ = ["CifarResNet", "resnet20_cifar10", "resnet32_cifar10", "resnet56_cifar10"]
 
 
 class ShortcutA(nn.Module):
@@ -71,16 +71,23 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-@register_model("resnet20", input_size=(3, 32, 32), dataset="cifar10", source="He et al. 2016 (architecture)")
-def resnet20(**kwargs) -> CifarResNet:
+_HINT = (
+    "Checkpoints in the akamaster layout: github.com/akamaster/pytorch_resnet_cifar10 (pretrained_models/), "
+    "e.g. ../shared/models/resnet20-cifar10.th."
+)
+_CIFAR = dict(input_size=(3, 32, 32), dataset="cifar10", checkpoint_hint=_HINT)
+
+
+@register_model("resnet20_cifar10", source="He et al. 2016; akamaster checkpoints", **_CIFAR)
+def resnet20_cifar10(**kwargs) -> CifarResNet:
     return CifarResNet(3, **kwargs)
 
 
-@register_model("resnet32", input_size=(3, 32, 32), dataset="cifar10", source="He et al. 2016 (architecture)")
-def resnet32(**kwargs) -> CifarResNet:
+@register_model("resnet32_cifar10", source="He et al. 2016; akamaster checkpoints", **_CIFAR)
+def resnet32_cifar10(**kwargs) -> CifarResNet:
     return CifarResNet(5, **kwargs)
 
 
-@register_model("resnet56", input_size=(3, 32, 32), dataset="cifar10", source="He et al. 2016 (architecture)")
-def resnet56(**kwargs) -> CifarResNet:
+@register_model("resnet56_cifar10", source="He et al. 2016; akamaster checkpoints", **_CIFAR)
+def resnet56_cifar10(**kwargs) -> CifarResNet:
     return CifarResNet(9, **kwargs)
