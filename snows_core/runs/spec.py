@@ -1,0 +1,87 @@
+"""RunSpec: one pruning run, frozen and validated, with a JSON round-trip and a stable content hash.
+
+It is the only thing that crosses from the UI or CLI to a worker and to disk. Validation happens when
+it is built, so a bad submission is refused before anything is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from snows_core.config import PruneConfig
+
+__all__ = ["RunSpec", "SPEC_SCHEMA_VERSION"]
+
+SPEC_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A model, a dataset, a PruneConfig and how to evaluate the result.
+
+    Attributes:
+        model: a zoo name, or timm:NAME / torchvision:NAME.
+        dataset: a registered dataset; None means the model's own.
+        config: how to prune.
+        eval_size: test images scored (None: the whole test split).
+        trajectory: also score the network after every pruned layer (the pruning trajectory).
+        checkpoint: weights to load instead of the shipped ones.
+        data_root: where the dataset lives (an .npz or a folder), when not the default.
+    """
+
+    model: str
+    config: PruneConfig = field(default_factory=PruneConfig)
+    dataset: str | None = None
+    eval_size: int | None = 1000
+    trajectory: bool = False
+    checkpoint: str | None = None
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        from snows_core.data import list_datasets
+        from snows_core.models import model_info
+
+        if not isinstance(self.config, PruneConfig):
+            raise ValueError(f"config must be a PruneConfig; got {type(self.config).__name__}")
+        hub, _, name = self.model.partition(":") if isinstance(self.model, str) else ("", "", "")
+        if not (hub in ("timm", "torchvision") and name):
+            model_info(self.model)  # raises ValueError naming "model" and the known names
+        if self.dataset is None:
+            object.__setattr__(self, "dataset", "imagefolder" if name else model_info(self.model).dataset)
+        if self.dataset not in list_datasets():
+            raise ValueError(f"dataset must be one of {', '.join(map(repr, list_datasets()))}; got {self.dataset!r}")
+        if self.eval_size is not None and (
+            isinstance(self.eval_size, bool) or not isinstance(self.eval_size, int) or self.eval_size < 1
+        ):
+            raise ValueError(f"eval_size must be a positive integer or None; got {self.eval_size!r}")
+        if not isinstance(self.trajectory, bool):
+            raise ValueError(f"trajectory must be true or false; got {self.trajectory!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SPEC_SCHEMA_VERSION,
+            "model": self.model,
+            "dataset": self.dataset,
+            "config": self.config.to_dict(),
+            "eval_size": self.eval_size,
+            "trajectory": self.trajectory,
+            "checkpoint": self.checkpoint,
+            "data_root": self.data_root,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        data = dict(data)
+        version = data.pop("schema_version", SPEC_SCHEMA_VERSION)
+        if not isinstance(version, int) or version > SPEC_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version!r} is newer than this library's ({SPEC_SCHEMA_VERSION})")
+        data["config"] = PruneConfig.from_dict(data.get("config", {}))
+        return cls(**data)
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON: equal specs hash alike on any machine."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,239 @@
+"""RunStore: the durable truth about runs, in SQLite (WAL mode) at $SNOWS_HOME/runs.db.
+
+Tables: ``runs`` (spec, status, worker pid, heartbeat, timestamps, error, cancel request), ``events``
+(append-only progress rows) and ``results`` (accuracies, sparsity, seconds, memory). Every state
+change is one transaction, so a process killed at any instant leaves no half-written run. Artifacts
+(pruned weights, masks, report) live in $SNOWS_HOME/runs/<run_id>/.
+
+Run ids sort by time and read well: ``20261126-142233-resnet20-a1b2c3`` (UTC time, model, spec hash).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from snows_core.runs.spec import RunSpec
+
+__all__ = ["RunStatus", "RunStore", "snows_home"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    version TEXT NOT NULL,
+    status TEXT NOT NULL,
+    sweep_id TEXT,
+    worker_pid INTEGER,
+    heartbeat REAL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
+CREATE INDEX IF NOT EXISTS runs_hash ON runs (spec_hash, status);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    payload TEXT NOT NULL
+);
+"""
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL = (RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
+
+
+def snows_home() -> Path:
+    """$SNOWS_HOME, or ~/.snows."""
+    return Path(os.environ.get("SNOWS_HOME", Path.home() / ".snows"))
+
+
+class RunStore:
+    """Runs, events and results in one SQLite file; safe for many processes at once."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self.home = Path(home) if home is not None else snows_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "runs.db"
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persists in the file
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One connection per call: each `with` block is one transaction (BEGIN IMMEDIATE)."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=30000")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.home / "runs" / run_id
+
+    def create(self, spec: RunSpec, version: str, sweep_id: str | None = None) -> str:
+        """Store a new queued run and return its id."""
+        digest = spec.content_hash()
+        now = time.time()
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
+        model = spec.model.replace(":", "-").replace("/", "-")
+        with self._connect() as db:
+            base = f"{stamp}-{model}-{digest[:6]}"
+            taken = {r[0] for r in db.execute("SELECT id FROM runs WHERE id LIKE ?", (base + "%",))}
+            run_id = base if base not in taken else _next_free(base, taken)
+            db.execute(
+                "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, json.dumps(spec.to_dict()), digest, version, RunStatus.QUEUED.value, sweep_id, now),
+            )
+        return run_id
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+        return _run_dict(row)
+
+    def list(self, status: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs", ()
+        if status is not None:
+            query, args = query + " WHERE status = ?", (status,)
+        with self._connect() as db:
+            return [_run_dict(r) for r in db.execute(query + " ORDER BY created, id", args)]
+
+    def claim_next(self, pid: int) -> dict[str, Any] | None:
+        """Atomically move the oldest queued run to running under `pid` (FIFO); None when the queue is empty."""
+        now = time.time()
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY created, id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE runs SET status = 'running', worker_pid = ?, started = ?, heartbeat = ? WHERE id = ?",
+                (pid, now, now, row["id"]),
+            )
+        return self.get(row["id"])
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Record that the worker lives; returns whether a cancel was requested."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
+            row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def append_event(self, run_id: str, kind: str, payload: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO events (run_id, time, kind, payload) VALUES (?, ?, ?, ?)",
+                (run_id, time.time(), kind, json.dumps(payload)),
+            )
+
+    def events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Events of a run with id > `after`, oldest first (pass the last id seen to tail)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, time, kind, payload FROM events WHERE run_id = ? AND id > ? ORDER BY id", (run_id, after)
+            ).fetchall()
+        return [{"id": r["id"], "time": r["time"], "kind": r["kind"], **json.loads(r["payload"])} for r in rows]
+
+    def finish(self, run_id: str, status: RunStatus, result: dict[str, Any] | None = None, error: str = "") -> None:
+        """End a run: status, finish time, error text and result row in one transaction."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, finished = ?, error = ? WHERE id = ? AND status IN ('queued', 'running')",
+                (status.value, time.time(), error or None, run_id),
+            )
+            if result is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO results (run_id, payload) VALUES (?, ?)", (run_id, json.dumps(result))
+                )
+
+    def result(self, run_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT payload FROM results WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def request_cancel(self, run_id: str) -> str:
+        """Ask a run to stop. A queued run is cancelled at once; a running one at its next Newton step."""
+        self.get(run_id)
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = 'cancelled', finished = ?, cancel_requested = 1 WHERE id = ? AND "
+                "status = 'queued'",
+                (now, run_id),
+            )
+            db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (run_id,))
+        return self.get(run_id)["status"]
+
+    def find_done(self, spec_hash: str, version: str) -> str | None:
+        """The newest run that ended done with this spec hash and library version, if any."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND status = 'done' ORDER BY created DESC",
+                (spec_hash, version),
+            ).fetchone()
+        return row[0] if row else None
+
+    def mark_dead(self, is_alive, stale_after: float) -> list[str]:
+        """Fail running runs whose worker is gone (pid dead, or no heartbeat for `stale_after` seconds)."""
+        now, dead = time.time(), []
+        for run in self.list(RunStatus.RUNNING.value):
+            if not is_alive(run["worker_pid"]) or now - (run["heartbeat"] or 0) > stale_after:
+                dead.append(run["id"])
+        for run_id in dead:
+            self.finish(run_id, RunStatus.FAILED, error="worker died")
+        return dead
+
+    def delete(self, run_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+
+def _next_free(base: str, taken: set[str]) -> str:
+    return next(f"{base}-{i}" for i in range(2, len(taken) + 3) if f"{base}-{i}" not in taken)
+
+
+def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    out["spec"] = json.loads(out["spec"])
+    out["cancel_requested"] = bool(out["cancel_requested"])
+    return out

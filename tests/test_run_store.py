@@ -1,0 +1,111 @@
+"""RunSpec and the SQLite run store (the first slice of background runs)."""
+
+import multiprocessing
+import re
+import time
+
+import pytest
+
+from snows_core import PruneConfig
+from snows_core.runs import RunSpec, RunStatus, RunStore
+
+
+def spec(**config) -> RunSpec:
+    return RunSpec(model="mlp", config=PruneConfig(**{"sparsity": 0.5, "n_calib": 64, **config}))
+
+
+def test_spec_round_trips_and_hashes_stably():
+    a = spec(k=1)
+    assert RunSpec.from_dict(a.to_dict()) == a
+    assert a.dataset == "fashion-mnist"  # the model's own
+    assert a.content_hash() == spec(k=1).content_hash()
+    assert a.content_hash() != spec(k=2).content_hash()
+    assert re.fullmatch(r"[0-9a-f]{64}", a.content_hash())
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"model": "no_such_model"}, "model"),
+        ({"model": "mlp", "dataset": "mnist"}, "dataset"),
+        ({"model": "mlp", "eval_size": 0}, "eval_size"),
+        ({"model": "mlp", "trajectory": "yes"}, "trajectory"),
+    ],
+)
+def test_bad_specs_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RunSpec(**kwargs)
+
+
+def test_runs_move_through_the_queue_in_order(tmp_path):
+    store = RunStore(tmp_path)
+    first, second = store.create(spec(k=1), "v1"), store.create(spec(k=1), "v1")
+    assert first != second and re.fullmatch(r"\d{8}-\d{6}-mlp-[0-9a-f]{6}", first)
+    assert [r["status"] for r in store.list()] == ["queued", "queued"]
+    claimed = store.claim_next(pid=4242)
+    assert claimed["id"] == first and claimed["status"] == "running" and claimed["worker_pid"] == 4242
+    store.append_event(first, "layer_started", {"layer": "1"})
+    store.append_event(first, "layer_done", {"layer": "1"})
+    events = store.events(first)
+    assert [e["kind"] for e in events] == ["layer_started", "layer_done"]
+    assert store.events(first, after=events[0]["id"])[0]["kind"] == "layer_done"
+    store.finish(first, RunStatus.DONE, {"top1_final": 0.9})
+    assert store.get(first)["status"] == "done" and store.result(first) == {"top1_final": 0.9}
+    assert store.claim_next(pid=1)["id"] == second
+    assert store.claim_next(pid=1) is None
+
+
+def test_cancel_queued_at_once_and_running_by_request(tmp_path):
+    store = RunStore(tmp_path)
+    running, queued = store.create(spec(), "v1"), store.create(spec(), "v1")
+    store.claim_next(pid=1)
+    assert store.request_cancel(queued) == "cancelled"
+    assert store.request_cancel(running) == "running"
+    assert store.heartbeat(running) is True  # the worker learns of the request at its next step
+    with pytest.raises(KeyError):
+        store.request_cancel("nope")
+
+
+def test_only_done_runs_of_the_same_version_are_reused(tmp_path):
+    store = RunStore(tmp_path)
+    s = spec()
+    run = store.create(s, "v1")
+    assert store.find_done(s.content_hash(), "v1") is None
+    store.claim_next(pid=1)
+    store.finish(run, RunStatus.FAILED, error="boom")
+    assert store.find_done(s.content_hash(), "v1") is None
+    done = store.create(s, "v1")
+    store.claim_next(pid=1)
+    store.finish(done, RunStatus.DONE, {})
+    assert store.find_done(s.content_hash(), "v1") == done
+    assert store.find_done(s.content_hash(), "v2") is None
+
+
+def test_dead_workers_are_marked_failed(tmp_path):
+    store = RunStore(tmp_path)
+    alive, dead = store.create(spec(), "v1"), store.create(spec(), "v1")
+    store.claim_next(pid=1)
+    store.claim_next(pid=2)
+    assert store.mark_dead(lambda pid: pid == 1, stale_after=60) == [dead]
+    assert store.get(dead)["status"] == "failed" and store.get(dead)["error"] == "worker died"
+    assert store.get(alive)["status"] == "running"
+    time.sleep(0.05)
+    assert store.mark_dead(lambda pid: True, stale_after=0.01) == [alive]
+
+
+def _submit_many(home: str, n: int) -> None:
+    store = RunStore(home)
+    for i in range(n):
+        store.create(spec(seed=i), "v1")
+
+
+def test_two_processes_submitting_at_once_lose_nothing(tmp_path):
+    RunStore(tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_submit_many, args=(str(tmp_path), 20)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    runs = RunStore(tmp_path).list()
+    assert len(runs) == 40 and len({r["id"] for r in runs}) == 40
