@@ -21,8 +21,9 @@ from snows_core.metrics import evaluate
 from snows_core.models import create_model, list_models, model_info
 from snows_core.prune import prune_model, resolve_device
 from snows_core.report import PruneResult
+from snows_core.runs import RunSpec, RunStore
 
-__all__ = ["main"]
+__all__ = ["main", "add_config_arguments", "config_from_args", "layer_table"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.command(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -47,6 +48,29 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", type=Path, default=Path("out/prune"), help="folder for weights, masks, report")
     prune.add_argument("--eval-size", type=int, default=None, help="test images for top-1 (default: all)")
     add_config_arguments(prune)
+
+    submit = commands.add_parser("submit", help="queue a run in the background; prints its id last")
+    submit.set_defaults(command=_submit)
+    submit.add_argument("--model", default="resnet20", help="a zoo name, or timm:NAME/torchvision:NAME")
+    submit.add_argument("--dataset", default=None, help="default: the model's own")
+    submit.add_argument("--checkpoint", default=None, help="weights to load instead of the shipped ones")
+    submit.add_argument("--data-root", default=None, help="an .npz file or a folder for the dataset")
+    submit.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
+    submit.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
+    add_config_arguments(submit)
+
+    status = commands.add_parser("status", help="a run's status (and result when done)")
+    status.set_defaults(command=_status)
+    status.add_argument("run")
+    status.add_argument("--json", action="store_true")
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running run")
+    cancel.set_defaults(command=_cancel)
+    cancel.add_argument("run")
+
+    listing = commands.add_parser("list", help="all runs, oldest first")
+    listing.set_defaults(command=_list)
+    listing.add_argument("--json", action="store_true")
     return parser
 
 
@@ -110,9 +134,77 @@ def _prune(args: argparse.Namespace) -> int:
     print(layer_table(result))
     print(f"top-1: dense {dense:.4f} -> pruned {pruned:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s")
     extra = {"top1_dense": dense, "top1_pruned": pruned, "model": args.model, "dataset": dataset}
-    save_result(result, args.out, extra)
+    result.save(args.out, extra)
     print(f"wrote {args.out}")
     return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from snows_core.runs.executor import submit
+
+    spec = RunSpec(
+        model=args.model,
+        config=config_from_args(args),
+        dataset=args.dataset,
+        eval_size=args.eval_size or None,
+        checkpoint=args.checkpoint,
+        data_root=args.data_root,
+    )
+    print(submit(RunStore(), spec, force=args.force))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    store = _reaped_store()
+    run = _run_summary(store, store.get(args.run))
+    if args.json:
+        print(json.dumps(run))
+    else:
+        print("\n".join(f"{key}: {value}" for key, value in run.items() if key != "spec"))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    print(RunStore().request_cancel(args.run))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = _reaped_store()
+    runs = [_run_summary(store, run) for run in store.list()]
+    if args.json:
+        print(json.dumps(runs))
+        return 0
+    print(f"{'run':<44} {'status':<10} {'mask':<10} {'sparsity':>8} {'k':>3} {'top-1':>7}")
+    for run in runs:
+        config = run["spec"]["config"]
+        top1 = f"{run['top1_final']:.4f}" if run.get("top1_final") is not None else ""
+        print(
+            f"{run['id']:<44} {run['status']:<10} {config['mask']:<10} {config['sparsity']:>8.3f} "
+            f"{config['k']:>3} {top1:>7}"
+        )
+    return 0
+
+
+def _reaped_store() -> RunStore:
+    from snows_core.runs.executor import reap
+
+    store = RunStore()
+    reap(store)
+    return store
+
+
+def _run_summary(store: RunStore, run: dict) -> dict:
+    """A run row plus its result and progress through the layers, JSON-ready."""
+    events = store.events(run["id"])
+    started = next((e for e in events if e["kind"] == "run_started"), None)
+    layers_done = sum(e["kind"] == "layer_done" for e in events)
+    return {
+        **run,
+        "layers_done": layers_done,
+        "layers_total": len(started["layers"]) if started else None,
+        **(store.result(run["id"]) or {}),
+    }
 
 
 def _model_dataset(name: str) -> str:
@@ -153,14 +245,3 @@ def layer_table(result: PruneResult) -> str:
         )
     rows.extend(f"{r.name:<22} skipped: {r.skipped}" for r in result.skipped)
     return "\n".join(rows)
-
-
-def save_result(result: PruneResult, out: Path, extra: dict) -> None:
-    """Write model.safetensors (pruned weights), masks.safetensors and report.json into `out`."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in result.masks.items()}, str(out / "masks.safetensors"))
-    (out / "report.json").write_text(json.dumps({**result.summary(), **extra}, indent=2))

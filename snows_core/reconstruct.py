@@ -260,8 +260,22 @@ def lstsq_weight(
         g, s = gram[group_of_row[idx]], keep[idx]  # (c, d, d), (c, d)
         system = g * s[:, :, None] * s[:, None, :] + torch.diag_embed(1 - s + ridge * s)  # (c, d, d)
         rhs = s * torch.einsum("cde,ce->cd", cross[group_of_row[idx]], rows[idx])  # (c, d)
-        solved[idx] = torch.linalg.solve(system, rhs) * s
+        solved[idx] = _spd_solve(system, rhs) * s
     return solved.reshape(dense_weight.shape).to(dense_weight.dtype)
+
+
+def _spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Batched SPD solve by Cholesky; a singular system (no ridge, a dead input) falls back to the pseudo-inverse.
+
+    Cholesky rather than LU: batched LU (torch.linalg.solve) returns garbage pivots in this torch/MKL build
+    once torch.set_num_threads has been called, as the run workers do.
+    """
+    factor, info = torch.linalg.cholesky_ex(system)  # (c, d, d), (c,)
+    solution = torch.cholesky_solve(rhs[..., None], factor)[..., 0]  # (c, d)
+    singular = info > 0
+    if singular.any():
+        solution[singular] = (torch.linalg.pinv(system[singular], hermitian=True) @ rhs[singular, :, None])[..., 0]
+    return solution
 
 
 def _input_grams(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +72,16 @@ class PruneResult:
         kept = sum(r.kept for r in self.layers)
         total = sum(r.numel for r in self.layers)
         return 1.0 - kept / total if total else 0.0
+
+    def save(self, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write model.safetensors (pruned weights), masks.safetensors and report.json into `out_dir`."""
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(out_dir / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.masks.items()}, str(out_dir / "masks.safetensors"))
+        (out_dir / "report.json").write_text(json.dumps({**self.summary(), **(extra or {})}, indent=2))
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready report: config, per-layer reports and totals."""

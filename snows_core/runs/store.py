@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started REAL,
     finished REAL,
     error TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancel_time REAL
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
 CREATE INDEX IF NOT EXISTS runs_hash ON runs (spec_hash, status);
@@ -152,6 +153,10 @@ class RunStore:
             )
         return self.get(row["id"])
 
+    def set_worker(self, run_id: str, pid: int) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE runs SET worker_pid = ?, heartbeat = ? WHERE id = ?", (pid, time.time(), run_id))
+
     def heartbeat(self, run_id: str) -> bool:
         """Record that the worker lives; returns whether a cancel was requested."""
         with self._connect() as db:
@@ -201,7 +206,10 @@ class RunStore:
                 "status = 'queued'",
                 (now, run_id),
             )
-            db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (run_id,))
+            db.execute(
+                "UPDATE runs SET cancel_requested = 1, cancel_time = ? WHERE id = ? AND status = 'running'",
+                (now, run_id),
+            )
         return self.get(run_id)["status"]
 
     def find_done(self, spec_hash: str, version: str) -> str | None:

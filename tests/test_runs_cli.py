@@ -1,0 +1,151 @@
+"""Background runs through the CLI: submit, status, list, cancel, reuse, and faults (each a test)."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snows_core.runs import RunSpec, RunStore
+from snows_core.runs.executor import ensure_dispatcher
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = [
+    "--model",
+    "mlp",
+    "--sparsity",
+    "0.5",
+    "--mask",
+    "magnitude",
+    "--reconstruction",
+    "snows",
+    "--k",
+    "1",
+    "--n-calib",
+    "64",
+    "--eval-size",
+    "200",
+]
+SLOW = [
+    "--model",
+    "resnet20",
+    "--sparsity",
+    "0.7",
+    "--k",
+    "3",
+    "--n-calib",
+    "256",
+    "--newton-steps",
+    "3",
+    "--cg-iters",
+    "40",
+    "--eval-size",
+    "200",
+]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNOWS_HOME", str(tmp_path))
+    yield tmp_path
+    for run in RunStore(tmp_path).list():  # leave no worker behind
+        if run["status"] == "running" and run["worker_pid"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run["worker_pid"], signal.SIGKILL)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snows_core", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
+
+
+def status(run: str) -> dict:
+    return json.loads(cli("status", run, "--json").stdout)
+
+
+def wait_for(run: str, predicate, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = status(run)
+        if predicate(s):
+            return s
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last status {s['status']}")
+
+
+def submit(*args: str) -> str:
+    p = cli("submit", *args)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip().splitlines()[-1]
+
+
+def test_submit_runs_to_done_and_an_identical_spec_is_reused(home):
+    run = submit(*QUICK)
+    done = wait_for(run, lambda s: s["status"] in ("done", "failed", "cancelled"))
+    assert done["status"] == "done", done["error"]
+    assert 0.5 < done["top1_final"] <= 1 and done["top1_dense"] >= done["top1_final"] - 0.05
+    assert done["layers_done"] == done["layers_total"] == 2
+    assert {"model.safetensors", "masks.safetensors", "report.json"} <= {
+        p.name for p in (home / "runs" / run).iterdir()
+    }
+    assert submit(*QUICK) == run  # cache hit: same spec and library version
+    assert submit(*QUICK, "--force") != run
+    listed = json.loads(cli("list", "--json").stdout)
+    assert listed[0]["id"] == run and len(listed) == 2
+
+
+@pytest.mark.parametrize(
+    "flags,field",
+    [
+        (["--sparsity", "1.5"], "sparsity"),
+        (["--model", "no_such_model"], "model"),
+        (["--k", "-1"], "k"),
+        (["--n-calib", "0"], "n_calib"),
+        (["--pattern", "5:4"], "pattern"),
+        (["--mask", "nope"], "mask"),
+    ],
+)
+def test_bad_submissions_are_refused_and_store_nothing(home, flags, field):
+    p = cli("submit", *QUICK, *flags)
+    assert p.returncode != 0 and field in p.stderr
+    assert json.loads(cli("list", "--json").stdout) == []
+
+
+def test_a_killed_worker_fails_its_run_and_the_queue_goes_on(home):
+    run = submit(*SLOW)
+    running = wait_for(run, lambda s: s["status"] == "running" and s["worker_pid"] and s["layers_done"] >= 1)
+    os.kill(running["worker_pid"], signal.SIGKILL)
+    failed = wait_for(run, lambda s: s["status"] != "running", timeout=60)
+    assert failed["status"] == "failed" and "worker died" in failed["error"]
+    after = submit(*QUICK)
+    assert wait_for(after, lambda s: s["status"] in ("done", "failed"))["status"] == "done"
+
+
+def test_cancel_stops_a_running_run_within_seconds(home):
+    run = submit(*SLOW)
+    wait_for(run, lambda s: s["status"] == "running" and s["layers_done"] >= 1)
+    assert cli("cancel", run).stdout.strip() == "running"
+    tic = time.monotonic()
+    cancelled = wait_for(run, lambda s: s["status"] != "running", timeout=60)
+    assert cancelled["status"] == "cancelled" and time.monotonic() - tic < 30
+
+
+def test_queued_runs_survive_a_dispatcher_restart(home):
+    store = RunStore(home)
+    spec = RunSpec.from_dict({"model": "mlp", "eval_size": 200, "config": {"sparsity": 0.5, "k": 1, "n_calib": 64}})
+    runs = [store.create(spec, "0.1.0") for _ in range(2)]  # queued with no dispatcher alive
+    assert [r["status"] for r in store.list()] == ["queued", "queued"]
+    ensure_dispatcher(home)
+    for run in runs:
+        assert wait_for(run, lambda s: s["status"] in ("done", "failed"))["status"] == "done"
