@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
 from snows_core.data import load_npz
-from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
 from snows_core.metrics import top1
 from snows_core.models import create_model
-from snows_core.reconstruct import LayerProblem
+from snows_core.reconstruct import layer_problem
 from snows_core.solver import exact_curvature, gauss_newton_curvature
 
 METHODS = {
@@ -76,19 +76,8 @@ def hvp_ratios(model: torch.nn.Module, calib: torch.Tensor, layers: list[str], k
     path = PrunedPath(gm, calib, calib.shape[0])
     rows = []
     for node in [n for n in prunable_nodes(gm) if n.target in layers]:
-        module = gm.get_submodule(node.target)
-        window = build_window(gm, node, k)
-        mask = unstructured_mask(module.weight.abs(), 0.9)
-        problem = LayerProblem(
-            node.target,
-            module,
-            path.value(node.args[0]),
-            path.values(window.externals),
-            window.module,
-            mask,
-            module.weight.detach().clone(),
-            calib.shape[0],
-        )
+        mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.9)
+        problem, _ = layer_problem(gm, node, path, k, mask, calib.shape[0])
         batch, weight = slice(0, problem.n), problem.dense_weight * mask
         free = weight[mask]
         with torch.no_grad():

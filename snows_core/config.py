@@ -151,10 +151,7 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
         """Inverse of `to_dict`; refuses unknown fields and newer schema versions."""
-        data = dict(data)
-        version = data.pop("schema_version", SCHEMA_VERSION)
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r} is newer than this library's ({SCHEMA_VERSION})")
+        data = pop_schema_version(data, SCHEMA_VERSION)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -162,6 +159,15 @@ class PruneConfig:
         if data.get("layers") is not None:
             data["layers"] = tuple(data["layers"])
         return cls(**data)
+
+
+def pop_schema_version(data: dict[str, Any], current: int) -> dict[str, Any]:
+    """A copy of `data` without its schema_version; ValueError if that version is newer than `current`."""
+    data = dict(data)
+    version = data.pop("schema_version", current)
+    if not isinstance(version, int) or version > current:
+        raise ValueError(f"schema_version {version!r} is newer than this library's ({current})")
+    return data
 
 
 def _require_choice(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from snows_core.config import PruneConfig
 from snows_core.events import EventSink, LayerDone, LayerSkipped, LayerStarted, RunDone, RunStarted
-from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import (
     ScoreInputs,
     get_mask_method,
@@ -31,7 +31,7 @@ from snows_core.masks import (
     unstructured_mask,
 )
 from snows_core.memory import PeakMemory
-from snows_core.reconstruct import LayerProblem, get_reconstruction
+from snows_core.reconstruct import get_reconstruction, layer_problem
 from snows_core.report import LayerReport, PruneResult
 
 __all__ = ["prune_model", "resolve_device", "default_layers"]
@@ -208,12 +208,6 @@ def _check_pattern(name: str, mask: torch.Tensor, config: PruneConfig) -> torch.
     return mask
 
 
-def _dense_values(dense_path: PrunedPath, nodes: list[fx.Node]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The dense network's own values of `nodes` (matched by name): the layer input, then the taps."""
-    x, *taps = (dense_path.value(dense_path.node(n.name)) for n in nodes)
-    return x, taps
-
-
 def _prune_layer(
     gm: fx.GraphModule,
     node: fx.Node,
@@ -226,27 +220,13 @@ def _prune_layer(
     dense_path: PrunedPath | None,
 ) -> LayerReport:
     tic = time.perf_counter()
-    module = gm.get_submodule(node.target)
     with PeakMemory(mask.device) as memory:
-        window = build_window(gm, node, config.k)
-        x_dense, dense_taps = _dense_values(dense_path, [node.args[0], *window.taps]) if dense_path else (None, [])
-        problem = LayerProblem(
-            node.target,
-            module,
-            path.value(node.args[0]),
-            path.values(window.externals),
-            window.module,
-            mask,
-            module.weight.detach().clone(),
-            config.batch_size,
-            dense_taps,
-            x_dense,
-        )
+        problem, window = layer_problem(gm, node, path, config.k, mask, config.batch_size, dense_path)
         loss_before = problem.mask_loss
         ops = [f"{name}:{kind}" for name, kind in window.ops]
         emit(LayerStarted(node.target, index, n_layers, ops, loss_before))
         solution = get_reconstruction(config.reconstruction)(problem, config, emit)
-        module.weight.copy_(solution.weight * mask)
+        problem.module.weight.copy_(solution.weight * mask)
     path.invalidate(node)
     for p in (path, dense_path) if dense_path is not None else (path,):
         p.release_before(p.node(node.name))

@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from snows_core.config import PruneConfig
 from snows_core.events import EventSink, NewtonStep
+from snows_core.lookahead import PrunedPath, Window, build_window
 from snows_core.solver import (
     armijo_backtracking,
     conjugate_gradient,
@@ -40,6 +41,7 @@ from snows_core.solver import (
 
 __all__ = [
     "LayerProblem",
+    "layer_problem",
     "Solution",
     "register_reconstruction",
     "get_reconstruction",
@@ -118,6 +120,38 @@ class LayerProblem:
     def loss(self, weight: torch.Tensor) -> float:
         """The objective on the whole calibration set (tap means weighted by batch size)."""
         return sum(self.batch_loss(weight, b) * (b.stop - b.start) for b in self.batches()) / self.n
+
+
+def layer_problem(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    path: PrunedPath,
+    k: int,
+    mask: torch.Tensor,
+    batch_size: int,
+    dense_path: PrunedPath | None = None,
+) -> tuple[LayerProblem, Window]:
+    """Layer `node`'s objective over its K-window: inputs from `path` (the network being pruned), targets
+    from `dense_path` (the dense network's own values at the taps) or, without it, the dense window on
+    the same inputs."""
+    window = build_window(gm, node, k)
+    module = gm.get_submodule(node.target)
+    targets, x_target = [], None
+    if dense_path is not None:
+        x_target, *targets = (dense_path.value(dense_path.node(n.name)) for n in [node.args[0], *window.taps])
+    problem = LayerProblem(
+        node.target,
+        module,
+        path.value(node.args[0]),
+        path.values(window.externals),
+        window.module,
+        mask,
+        module.weight.detach().clone(),
+        batch_size,
+        targets,
+        x_target,
+    )
+    return problem, window
 
 
 @dataclass

@@ -6,9 +6,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core import PruneConfig, prune_model
-from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import LayerProblem, get_reconstruction, lstsq_weight
+from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem, lstsq_weight
 
 
 def ridge_rows(inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -54,19 +54,8 @@ def make_problem(model, layer: str, k: int, sparsity: float = 0.6) -> LayerProbl
     gm = trace(model)
     node = next(n for n in prunable_nodes(gm) if n.target == layer)
     path = PrunedPath(gm, torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(2)), batch_size=8)
-    module = gm.get_submodule(layer)
-    window = build_window(gm, node, k)
-    mask = unstructured_mask(module.weight.abs(), sparsity)
-    return LayerProblem(
-        layer,
-        module,
-        path.value(node.args[0]),
-        path.values(window.externals),
-        window.module,
-        mask,
-        module.weight.detach().clone(),
-        batch_size=8,
-    )
+    mask = unstructured_mask(gm.get_submodule(layer).weight.abs(), sparsity)
+    return layer_problem(gm, node, path, k, mask, batch_size=8)[0]
 
 
 @pytest.mark.parametrize("curvature", ["exact", "gauss-newton"])

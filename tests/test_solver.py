@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, trace
+from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import LayerProblem
+from snows_core.reconstruct import LayerProblem, layer_problem
 from snows_core.solver import (
     armijo_backtracking,
     conjugate_gradient,
@@ -65,14 +65,10 @@ def tiny_problem(model: nn.Module, layer: str, k: int, sparsity: float = 0.5):
     node = next(n for n in prunable_nodes(gm) if n.target == layer)
     x = torch.randn(6, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     path = PrunedPath(gm, x, batch_size=6)
-    module = gm.get_submodule(layer)
-    window = build_window(gm, node, k)
-    mask = unstructured_mask(module.weight.abs(), sparsity)
-    dense = module.weight.detach().clone()
+    mask = unstructured_mask(gm.get_submodule(layer).weight.abs(), sparsity)
+    problem, window = layer_problem(gm, node, path, k, mask, batch_size=6)
+    dense = problem.dense_weight
     perturbed = dense + 0.3 * torch.randn(dense.shape, generator=torch.Generator().manual_seed(4), dtype=dense.dtype)
-    problem = LayerProblem(
-        layer, module, path.value(node.args[0]), path.values(window.externals), window.module, mask, dense, batch_size=6
-    )
     return problem, perturbed[mask].detach(), window
 
 
@@ -112,12 +108,8 @@ def test_gauss_newton_is_the_psd_part_for_smooth_windows():
     node = prunable_nodes(gm)[1]
     x = torch.randn(7, 4, dtype=torch.float64)
     path = PrunedPath(gm, x, 7)
-    module = gm.get_submodule(node.target)
-    window = build_window(gm, node, 2)
-    mask = unstructured_mask(module.weight.abs(), 0.5)
-    problem = LayerProblem(
-        node.target, module, path.value(node.args[0]), [], window.module, mask, module.weight.detach().clone(), 7
-    )
+    mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.5)
+    problem, _ = layer_problem(gm, node, path, 2, mask, 7)
     free = problem.dense_weight[mask] + 0.5
     taps_of, curv = curvatures(problem, free)
     eye = torch.eye(free.numel(), dtype=torch.float64)
@@ -146,12 +138,8 @@ def test_hvp_exact_beyond_1e5_free_weights():
     node = prunable_nodes(gm)[1]
     x = torch.randn(32, 64, dtype=torch.float64)
     path = PrunedPath(gm, x, 32)
-    module = gm.get_submodule(node.target)
-    window = build_window(gm, node, 2)
-    mask = unstructured_mask(module.weight.abs(), 0.5)
-    problem = LayerProblem(
-        node.target, module, path.value(node.args[0]), [], window.module, mask, module.weight.detach().clone(), 32
-    )
+    mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.5)
+    problem, _ = layer_problem(gm, node, path, 2, mask, 32)
     free = problem.dense_weight[mask]
     assert free.numel() == 131_072
     taps_of, curv = curvatures(problem, free)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from snows_core.config import PruneConfig
+from snows_core.config import PruneConfig, pop_schema_version
 
 __all__ = ["RunSpec", "SPEC_SCHEMA_VERSION"]
 
@@ -74,10 +74,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        data = dict(data)
-        version = data.pop("schema_version", SPEC_SCHEMA_VERSION)
-        if not isinstance(version, int) or version > SPEC_SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r} is newer than this library's ({SPEC_SCHEMA_VERSION})")
+        data = pop_schema_version(data, SPEC_SCHEMA_VERSION)
         data["config"] = PruneConfig.from_dict(data.get("config", {}))
         return cls(**data)
 
