@@ -23,7 +23,7 @@ from snows_core.prune import prune_model, resolve_device
 from snows_core.report import PruneResult
 from snows_core.runs import RunSpec, RunStore
 
-__all__ = ["main", "add_config_arguments", "config_from_args", "layer_table"]
+__all__ = ["main", "add_model_arguments", "add_config_arguments", "config_from_args", "layer_table"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,20 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     prune = commands.add_parser("prune", help="prune a model and write the result to a folder")
     prune.set_defaults(command=_prune)
-    prune.add_argument("--model", default="resnet20", help=f"{', '.join(list_models())}, or timm:NAME/torchvision:NAME")
-    prune.add_argument("--checkpoint", type=Path, default=None, help="weights to load (safetensors or state_dict)")
-    prune.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())} (default: the model's own)")
-    prune.add_argument("--data-root", type=Path, default=None, help="where the dataset is: an .npz file or a folder")
+    add_model_arguments(prune)
     prune.add_argument("--out", type=Path, default=Path("out/prune"), help="folder for weights, masks, report")
     prune.add_argument("--eval-size", type=int, default=None, help="test images for top-1 (default: all)")
     add_config_arguments(prune)
 
     submit = commands.add_parser("submit", help="queue a run in the background; prints its id last")
     submit.set_defaults(command=_submit)
-    submit.add_argument("--model", default="resnet20", help="a zoo name, or timm:NAME/torchvision:NAME")
-    submit.add_argument("--dataset", default=None, help="default: the model's own")
-    submit.add_argument("--checkpoint", default=None, help="weights to load instead of the shipped ones")
-    submit.add_argument("--data-root", default=None, help="an .npz file or a folder for the dataset")
+    add_model_arguments(submit)
     submit.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
     submit.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
     add_config_arguments(submit)
@@ -72,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(command=_list)
     listing.add_argument("--json", action="store_true")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to prune and on which data: --model, --checkpoint, --dataset, --data-root."""
+    parser.add_argument(
+        "--model", default="resnet20", help=f"{', '.join(list_models())}, or timm:NAME/torchvision:NAME"
+    )
+    parser.add_argument("--checkpoint", default=None, help="weights to load instead of the shipped ones")
+    parser.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())} (default: the model's own)")
+    parser.add_argument("--data-root", default=None, help="where the dataset is: an .npz file or a folder")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
