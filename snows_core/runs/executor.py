@@ -65,15 +65,15 @@ def ensure_dispatcher(home: Path) -> None:
         except BlockingIOError:
             return  # a dispatcher is alive
         fcntl.flock(lock, fcntl.LOCK_UN)
-    log = open(home / "dispatcher.log", "a")  # noqa: SIM115 (handed to the child)
-    subprocess.Popen(
-        [sys.executable, "-m", "snows_core.runs.executor", str(home)],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    with open(home / "dispatcher.log", "a") as log:  # the child keeps its own copy of the descriptor
+        subprocess.Popen(
+            [sys.executable, "-m", "snows_core.runs.executor", str(home)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
 
 
 def dispatch(home: Path) -> None:
