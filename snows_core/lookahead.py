@@ -22,6 +22,7 @@ Untraceable blocks can be registered as leaves (`register_leaf_module`), as timm
 from __future__ import annotations
 
 import inspect
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -98,19 +99,11 @@ def _optional_arguments(model: nn.Module) -> dict[str, object]:
 
 
 def _innermost_module(err: Exception) -> str:
-    for frame in reversed(_traceback_frames(err)):
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
         owner = frame.f_locals.get("self")
         if isinstance(owner, nn.Module):
             return f" (in module {type(owner).__name__})"
     return ""
-
-
-def _traceback_frames(err: Exception) -> list:
-    frames, tb = [], err.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    return frames
 
 
 def operation_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
