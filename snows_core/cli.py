@@ -7,6 +7,8 @@ per-layer table (stdout).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -53,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
     add_config_arguments(submit)
 
+    sweep = commands.add_parser("sweep", help="queue a grid of runs (comma-separated values on any config flag)")
+    sweep.set_defaults(command=_sweep)
+    add_model_arguments(sweep)
+    sweep.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
+    sweep.add_argument("--force", action="store_true", help="recompute runs that are already done")
+    add_config_arguments(sweep, grid=True)
+
     status = commands.add_parser("status", help="a run's status (and result when done)")
     status.set_defaults(command=_status)
     status.add_argument("run")
@@ -78,50 +87,56 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, help="where the dataset is: an .npz file or a folder")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per PruneConfig field, defaults taken from PruneConfig itself."""
+CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the type of one value
+    "sparsity": float,  # fraction zeroed; N:M implies it
+    "pattern": str,  # unstructured or N:M such as 2:4
+    "allocation": str,  # uniform or global
+    "mask": str,  # magnitude, random, wanda
+    "reconstruction": str,  # none, lstsq, snows
+    "k": int,
+    "n_calib": int,
+    "batch_size": int,
+    "newton_steps": int,
+    "cg_iters": int,
+    "cg_tol": float,
+    "damping": float,
+    "curvature": str,  # exact or gauss-newton
+    "targets": str,  # dense or pruned-input
+    "seed": int,
+    "device": str,  # auto, cpu, cuda
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
+    """One flag per PruneConfig field, defaults from PruneConfig; with `grid`, each takes a comma-separated list."""
     defaults = PruneConfig()
-    parser.add_argument("--sparsity", type=float, default=None, help="fraction zeroed (default 0.5; N:M implies it)")
-    parser.add_argument("--pattern", default=defaults.pattern, help='"unstructured" or "N:M" such as 2:4')
-    parser.add_argument("--allocation", default=defaults.allocation, help="uniform or global")
-    parser.add_argument("--mask", default=defaults.mask, help="magnitude, random, wanda")
-    parser.add_argument("--reconstruction", default=defaults.reconstruction, help="none, lstsq or snows")
-    for name in ("k", "n_calib", "batch_size", "newton_steps", "cg_iters", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("cg_tol", "damping"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--curvature", default=defaults.curvature, help="exact or gauss-newton")
-    parser.add_argument("--targets", default=defaults.targets, help="dense or pruned-input")
+    for name, cast in CONFIG_FLAGS.items():
+        default = None if name == "sparsity" else getattr(defaults, name)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_comma_list(cast) if grid else cast,
+            default=[default] if grid else default,
+            help=f"PruneConfig.{name} (default {default!r})" + ("; comma-separated values are swept" if grid else ""),
+        )
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false", help="skip the lstsq warm start")
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda")
+
+
+def _comma_list(cast: type):
+    def parse(text: str) -> list:
+        try:
+            return [cast(item) for item in text.split(",") if item]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list of {cast.__name__}") from err
+
+    return parse
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
-    """Build (and so validate) the PruneConfig named by the flags."""
-    names = (
-        "pattern",
-        "allocation",
-        "mask",
-        "reconstruction",
-        "k",
-        "n_calib",
-        "batch_size",
-        "newton_steps",
-        "cg_iters",
-        "cg_tol",
-        "damping",
-        "curvature",
-        "targets",
-        "warm_start",
-        "seed",
-        "device",
-    )
-    values = {name: getattr(args, name) for name in names}
-    if args.sparsity is not None or args.pattern == "unstructured":
-        values["sparsity"] = args.sparsity if args.sparsity is not None else PruneConfig().sparsity
-    else:
-        values["sparsity"] = None
-    return PruneConfig(**values)
+    """Build (and so validate) the PruneConfig named by the flags (sparsity None: 0.5, or implied by N:M)."""
+    values = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    if values["sparsity"] is None and values["pattern"] == "unstructured":
+        values["sparsity"] = PruneConfig().sparsity
+    return PruneConfig(**values, warm_start=args.warm_start)
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -155,6 +170,36 @@ def _submit(args: argparse.Namespace) -> int:
         data_root=args.data_root,
     )
     print(submit(RunStore(), spec, force=args.force))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Every combination of the listed values, validated first, queued as one sweep.
+
+    All runs share the seed, the calibration sample (drawn from the seed) and the evaluation subset
+    unless those are swept on purpose; each run row records the sweep id.
+    """
+    from snows_core.runs.executor import submit
+
+    axes = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    specs = []
+    for values in itertools.product(*axes.values()):
+        point = argparse.Namespace(**{**vars(args), **dict(zip(axes, values, strict=True))})
+        specs.append(
+            RunSpec(
+                model=args.model,
+                config=config_from_args(point),
+                dataset=args.dataset,
+                eval_size=args.eval_size or None,
+                checkpoint=args.checkpoint,
+                data_root=args.data_root,
+            )
+        )
+    sweep_id = "sweep-" + hashlib.sha256("".join(s.content_hash() for s in specs).encode()).hexdigest()[:8]
+    store = RunStore()
+    for spec in specs:
+        print(submit(store, spec, force=args.force, sweep_id=sweep_id))
+    print(f"{sweep_id}: {len(specs)} runs")
     return 0
 
 

@@ -149,3 +149,20 @@ def test_queued_runs_survive_a_dispatcher_restart(home):
     ensure_dispatcher(home)
     for run in runs:
         assert wait_for(run, lambda s: s["status"] in ("done", "failed"))["status"] == "done"
+
+
+def test_a_sweep_queues_the_grid_with_one_sweep_id_and_reuses_done_runs(home):
+    p = cli("sweep", *QUICK, "--sparsity", "0.3,0.5", "--mask", "magnitude,random")
+    assert p.returncode == 0, p.stderr
+    *runs, summary = p.stdout.strip().splitlines()
+    assert len(set(runs)) == 4 and summary.endswith(": 4 runs")
+    finished = [wait_for(run, lambda s: s["status"] in ("done", "failed")) for run in runs]
+    assert all(s["status"] == "done" for s in finished)
+    assert len({s["sweep_id"] for s in finished}) == 1
+    configs = {(s["spec"]["config"]["sparsity"], s["spec"]["config"]["mask"]) for s in finished}
+    assert configs == {(0.3, "magnitude"), (0.3, "random"), (0.5, "magnitude"), (0.5, "random")}
+    assert {s["spec"]["config"]["seed"] for s in finished} == {0}  # one calibration sample for all
+    again = cli("sweep", *QUICK, "--sparsity", "0.3,0.5", "--mask", "magnitude,random").stdout.strip().splitlines()
+    assert again[:-1] == runs  # done runs are reused
+    bad = cli("sweep", *QUICK, "--sparsity", "0.5,1.5")
+    assert bad.returncode != 0 and "sparsity" in bad.stderr and len(json.loads(cli("list", "--json").stdout)) == 4
