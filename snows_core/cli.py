@@ -48,19 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-size", type=int, default=None, help="test images for top-1 (default: all)")
     add_config_arguments(prune)
 
-    submit = commands.add_parser("submit", help="queue a run in the background; prints its id last")
-    submit.set_defaults(command=_submit)
-    add_model_arguments(submit)
-    submit.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
-    submit.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
-    add_config_arguments(submit)
-
-    sweep = commands.add_parser("sweep", help="queue a grid of runs (comma-separated values on any config flag)")
-    sweep.set_defaults(command=_sweep)
-    add_model_arguments(sweep)
-    sweep.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
-    sweep.add_argument("--force", action="store_true", help="recompute runs that are already done")
-    add_config_arguments(sweep, grid=True)
+    for name, command, grid, summary in (
+        ("submit", _submit, False, "queue a run in the background; prints its id last"),
+        ("sweep", _sweep, True, "queue a grid of runs (comma-separated values on any config flag)"),
+    ):
+        queue = commands.add_parser(name, help=summary)
+        queue.set_defaults(command=command)
+        add_model_arguments(queue)
+        queue.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
+        queue.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
+        add_config_arguments(queue, grid=grid)
 
     status = commands.add_parser("status", help="a run's status (and result when done)")
     status.set_defaults(command=_status)
@@ -161,7 +158,13 @@ def _prune(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from snows_core.runs.executor import submit
 
-    spec = RunSpec(
+    print(submit(RunStore(), _run_spec(args), force=args.force))
+    return 0
+
+
+def _run_spec(args: argparse.Namespace) -> RunSpec:
+    """The RunSpec named by the model, data and config flags (validated on construction)."""
+    return RunSpec(
         model=args.model,
         config=config_from_args(args),
         dataset=args.dataset,
@@ -169,8 +172,6 @@ def _submit(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         data_root=args.data_root,
     )
-    print(submit(RunStore(), spec, force=args.force))
-    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -184,17 +185,7 @@ def _sweep(args: argparse.Namespace) -> int:
     axes = {name: getattr(args, name) for name in CONFIG_FLAGS}
     specs = []
     for values in itertools.product(*axes.values()):
-        point = argparse.Namespace(**{**vars(args), **dict(zip(axes, values, strict=True))})
-        specs.append(
-            RunSpec(
-                model=args.model,
-                config=config_from_args(point),
-                dataset=args.dataset,
-                eval_size=args.eval_size or None,
-                checkpoint=args.checkpoint,
-                data_root=args.data_root,
-            )
-        )
+        specs.append(_run_spec(argparse.Namespace(**{**vars(args), **dict(zip(axes, values, strict=True))})))
     sweep_id = "sweep-" + hashlib.sha256("".join(s.content_hash() for s in specs).encode()).hexdigest()[:8]
     store = RunStore()
     for spec in specs:
