@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         add_model_arguments(queue)
         queue.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
         queue.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
+        queue.add_argument("--trajectory", action="store_true", help="also score the network after every layer")
+        queue.add_argument("--executor", choices=("local", "dask"), default="local", help="where runs compute")
+        queue.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
         add_config_arguments(queue, grid=grid)
 
     status = commands.add_parser("status", help="a run's status (and result when done)")
@@ -71,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="all runs, oldest first")
     listing.set_defaults(command=_list)
     listing.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="write a finished run's bundle (spec, environment, report, weights)")
+    export.set_defaults(command=_export)
+    export.add_argument("run")
+    export.add_argument("--out", type=Path, required=True, help="bundle folder (created; must be empty)")
+
+    importer = commands.add_parser("import", help="add a run bundle (e.g. from another machine) to the store")
+    importer.set_defaults(command=_import)
+    importer.add_argument("folder", type=Path)
     return parser
 
 
@@ -158,8 +170,23 @@ def _prune(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from snows_core.runs.executor import submit
 
-    print(submit(RunStore(), _run_spec(args), force=args.force))
+    spec = _run_spec(args)
+    print(submit(RunStore(), spec, force=args.force, executor=_executor(args)))
     return 0
+
+
+def _executor(args: argparse.Namespace) -> str:
+    """Where runs compute: "local", or the checked address of the Dask scheduler named by --scheduler."""
+    if args.executor == "local":
+        if args.scheduler:
+            raise ValueError("--scheduler is only used with --executor dask")
+        return "local"
+    if not args.scheduler:
+        raise ValueError("--executor dask needs --scheduler tcp://HOST:8786")
+    from snows_core.runs.dask_executor import check_scheduler
+
+    check_scheduler(args.scheduler)
+    return args.scheduler
 
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:
@@ -169,6 +196,7 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
         config=config_from_args(args),
         dataset=args.dataset,
         eval_size=args.eval_size or None,
+        trajectory=args.trajectory,
         checkpoint=args.checkpoint,
         data_root=args.data_root,
     )
@@ -187,9 +215,9 @@ def _sweep(args: argparse.Namespace) -> int:
     for values in itertools.product(*axes.values()):
         specs.append(_run_spec(argparse.Namespace(**{**vars(args), **dict(zip(axes, values, strict=True))})))
     sweep_id = "sweep-" + hashlib.sha256("".join(s.content_hash() for s in specs).encode()).hexdigest()[:8]
-    store = RunStore()
+    executor, store = _executor(args), RunStore()
     for spec in specs:
-        print(submit(store, spec, force=args.force, sweep_id=sweep_id))
+        print(submit(store, spec, force=args.force, sweep_id=sweep_id, executor=executor))
     print(f"{sweep_id}: {len(specs)} runs")
     return 0
 
@@ -223,6 +251,20 @@ def _list(args: argparse.Namespace) -> int:
             f"{run['id']:<44} {run['status']:<10} {config['mask']:<10} {config['sparsity']:>8.3f} "
             f"{config['k']:>3} {top1:>7}"
         )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from snows_core.runs.bundle import export_bundle
+
+    print(export_bundle(RunStore(), args.run, args.out))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from snows_core.runs.bundle import import_bundle
+
+    print(import_bundle(RunStore(), args.folder))
     return 0
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "dataset_info",
     "load_npz",
     "normalise",
+    "calibration_indices",
     "calibration_images",
     "stack_images",
 ]
@@ -113,12 +114,16 @@ def stack_images(dataset: Dataset, indices: list[int] | torch.Tensor) -> tuple[t
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
-def calibration_images(data: Dataset | torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A seeded random sample of n images (the same seed gives the same images)."""
-    total = data.shape[0] if torch.is_tensor(data) else len(data)
+def calibration_indices(total: int, n: int, seed: int) -> torch.Tensor:
+    """(n,) indices of a seeded random sample of `total` images (the same seed gives the same sample)."""
     if n > total:
         raise ValueError(f"n_calib is {n} but the data holds {total} images")
-    indices = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def calibration_images(data: Dataset | torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The images at `calibration_indices(len(data), n, seed)`."""
+    indices = calibration_indices(data.shape[0] if torch.is_tensor(data) else len(data), n, seed)
     return data[indices] if torch.is_tensor(data) else stack_images(data, indices)[0]
 
 

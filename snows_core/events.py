@@ -11,7 +11,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["Event", "RunStarted", "LayerStarted", "NewtonStep", "LayerDone", "LayerSkipped", "RunDone", "EventSink"]
+__all__ = [
+    "Event",
+    "RunStarted",
+    "LayerStarted",
+    "NewtonStep",
+    "LayerDone",
+    "LayerSkipped",
+    "RunDone",
+    "Evaluation",
+    "EventSink",
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,18 @@ class RunDone(Event):
     kind: ClassVar[str] = "run_done"
     seconds: float = 0.0
     sparsity: float = 0.0
+
+
+@dataclass(frozen=True)
+class Evaluation(Event):
+    """Top-1 of the network with the first `index + 1` pruned layers final and the rest dense (the trajectory)."""
+
+    kind: ClassVar[str] = "evaluation"
+    layer: str = ""
+    index: int = 0
+    top1: float = 0.0
+    top1_mask_only: float = 0.0
+    images: int = 0
 
 
 EventSink = Callable[[Event], None]

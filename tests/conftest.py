@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from snows_core.runs import RunStore
 
 SHARED = Path(os.environ.get("SNOWS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
@@ -53,3 +57,13 @@ def shared() -> Path:
     if not (SHARED / "models" / "resnet20-cifar10.th").is_file():
         pytest.skip(f"shared data not found at {SHARED}; set SNOWS_SHARED")
     return SHARED
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNOWS_HOME", str(tmp_path))
+    yield tmp_path
+    for run in RunStore(tmp_path).list():  # leave no worker behind
+        if run["status"] == "running" and run["worker_pid"] and run["executor"] == "local":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run["worker_pid"], signal.SIGKILL)

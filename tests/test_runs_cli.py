@@ -1,93 +1,15 @@
 """Background runs through the CLI: submit, status, list, cancel, reuse, and faults (each a test)."""
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.executor import ensure_dispatcher
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = [
-    "--model",
-    "mlp",
-    "--sparsity",
-    "0.5",
-    "--mask",
-    "magnitude",
-    "--reconstruction",
-    "snows",
-    "--k",
-    "1",
-    "--n-calib",
-    "64",
-    "--eval-size",
-    "200",
-]
-SLOW = [
-    "--model",
-    "resnet20",
-    "--sparsity",
-    "0.7",
-    "--k",
-    "3",
-    "--n-calib",
-    "256",
-    "--newton-steps",
-    "3",
-    "--cg-iters",
-    "40",
-    "--eval-size",
-    "200",
-]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SNOWS_HOME", str(tmp_path))
-    yield tmp_path
-    for run in RunStore(tmp_path).list():  # leave no worker behind
-        if run["status"] == "running" and run["worker_pid"]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(run["worker_pid"], signal.SIGKILL)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snows_core", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=dict(os.environ),
-    )
-
-
-def status(run: str) -> dict:
-    return json.loads(cli("status", run, "--json").stdout)
-
-
-def wait_for(run: str, predicate, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = status(run)
-        if predicate(s):
-            return s
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; last status {s['status']}")
-
-
-def submit(*args: str) -> str:
-    p = cli("submit", *args)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.strip().splitlines()[-1]
+from tests.cli_helpers import QUICK, SLOW, cli, solving, submit, wait_for
 
 
 def test_submit_runs_to_done_and_an_identical_spec_is_reused(home):
@@ -124,7 +46,7 @@ def test_bad_submissions_are_refused_and_store_nothing(home, flags, field):
 
 def test_a_killed_worker_fails_its_run_and_the_queue_goes_on(home):
     run = submit(*SLOW)
-    running = wait_for(run, lambda s: s["status"] == "running" and s["worker_pid"] and s["layers_done"] >= 1)
+    running = solving(run)
     os.kill(running["worker_pid"], signal.SIGKILL)
     failed = wait_for(run, lambda s: s["status"] != "running", timeout=60)
     assert failed["status"] == "failed" and "worker died" in failed["error"]
@@ -134,7 +56,7 @@ def test_a_killed_worker_fails_its_run_and_the_queue_goes_on(home):
 
 def test_cancel_stops_a_running_run_within_seconds(home):
     run = submit(*SLOW)
-    wait_for(run, lambda s: s["status"] == "running" and s["layers_done"] >= 1)
+    solving(run)
     assert cli("cancel", run).stdout.strip() == "running"
     tic = time.monotonic()
     cancelled = wait_for(run, lambda s: s["status"] != "running", timeout=60)

@@ -41,14 +41,24 @@ class RunCancelled(Exception):
     """Raised from the event callback when the run's cancel request is seen."""
 
 
-def submit(store: RunStore, spec: RunSpec, *, force: bool = False, sweep_id: str | None = None) -> str:
-    """Queue `spec` (or reuse a run that ended done with the same spec and version) and return the run id."""
+def submit(
+    store: RunStore, spec: RunSpec, *, force: bool = False, sweep_id: str | None = None, executor: str = "local"
+) -> str:
+    """Queue `spec` (or reuse a run that ended done with the same spec and version) and return the run id.
+
+    `executor` is "local" (this machine's queue) or the address of a Dask scheduler (see dask_executor).
+    """
     if not force:
         done = store.find_done(spec.content_hash(), __version__)
         if done is not None:
             return done
-    run_id = store.create(spec, __version__, sweep_id)
-    ensure_dispatcher(store.home)
+    run_id = store.create(spec, __version__, sweep_id, executor)
+    if executor == "local":
+        ensure_dispatcher(store.home)
+    else:
+        from snows_core.runs.dask_executor import ensure_bridge
+
+        ensure_bridge(store.home, executor)
     return run_id
 
 
@@ -90,14 +100,14 @@ def dispatch(home: Path) -> None:
         while time.monotonic() - idle_since < IDLE_EXIT_SECONDS:
             _collect(store, workers)
             while len(workers) < _slots():
-                run = store.claim_next(pid=0)
+                run = store.claim_next(pid=0, executor="local")
                 if run is None:
                     break
                 process = ctx.Process(target=worker_main, args=(str(home), run["id"]), daemon=False)
                 process.start()
                 store.set_worker(run["id"], process.pid)
                 workers[run["id"]] = process
-            if workers or store.list(RunStatus.QUEUED.value):
+            if workers or store.list(RunStatus.QUEUED.value, executor="local"):
                 idle_since = time.monotonic()
             time.sleep(0.2)
 

@@ -1,24 +1,29 @@
 """One run, start to end: load the model and data of a RunSpec, prune, evaluate, write the artifacts.
 
 `execute` is what a worker process (or a Dask task) calls; it reports only through `on_event`.
-Top-1 is measured three times on the same test images: dense, mask only (the dense weights times the
-final masks), and final.
+Top-1 is measured on the same test images three times: dense, mask only (the dense weights times the
+final masks), and final. With `spec.trajectory` it is also measured after each pruned layer: SNOWS
+changes only the layer being solved, so the network after layer i is the dense one with the final
+weights of layers 0..i, rebuilt here without touching the solve.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from snows_core.data import calibration_images, load_dataset
-from snows_core.events import EventSink
+from snows_core.data import calibration_indices, load_dataset, stack_images
+from snows_core.events import Evaluation, EventSink
 from snows_core.metrics import evaluate
 from snows_core.models import create_model
 from snows_core.prune import prune_model, resolve_device
+from snows_core.report import PruneResult
+from snows_core.runs.environment import environment
 from snows_core.runs.spec import RunSpec
 
 __all__ = ["execute"]
@@ -30,30 +35,62 @@ def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]
     config = spec.config
     device = resolve_device(config.device)
     model = create_model(spec.model, checkpoint=spec.checkpoint)
-    calib = calibration_images(load_dataset(spec.dataset, "train", spec.data_root), config.n_calib, config.seed)
+    train = load_dataset(spec.dataset, "train", spec.data_root)
+    calib_ids = calibration_indices(len(train), config.n_calib, config.seed)  # (n_calib,)
     test = load_dataset(spec.dataset, "test", spec.data_root)
     dense = evaluate(model, test, device=device, limit=spec.eval_size)
-    result = prune_model(model, calib, config, on_event)
-    mask_only = evaluate(_mask_only(model, result.masks), test, device=device, limit=spec.eval_size)
+    result = prune_model(model, stack_images(train, calib_ids)[0], config, on_event)
+    mask_only = evaluate(_with_masks(model, result.masks), test, device=device, limit=spec.eval_size)
     final = evaluate(result.model, test, device=device, limit=spec.eval_size)
+    trajectory = _trajectory(model, result, test, device, spec.eval_size, on_event) if spec.trajectory else []
+    ids = calib_ids.tolist()
     summary = {
         "top1_dense": dense["top1"],
         "top1_mask_only": mask_only["top1"],
         "top1_final": final["top1"],
         "eval_images": final["images"],
+        "eval_subset": f"{spec.dataset}:test[:{final['images']}]",
+        "calib_ids": ids,
+        "calib_digest": hashlib.sha256(f"{spec.dataset}:{ids}".encode()).hexdigest()[:12],
         "sparsity": result.sparsity,
         "layer_sparsity": {r.name: r.sparsity for r in result.layers},
+        "trajectory": trajectory,
         "prune_seconds": result.seconds,
         "seconds": time.perf_counter() - tic,
         "peak_mem": max((r.peak_mem for r in result.layers), default=0),
         "device": str(device),
+        "environment": environment(device),
     }
     result.save(out_dir, {**summary, "spec": spec.to_dict()})
     return summary
 
 
-def _mask_only(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.Module:
-    masked = copy.deepcopy(model)
+def _trajectory(
+    dense: torch.nn.Module, result: PruneResult, test, device: torch.device, limit: int | None, on_event: EventSink
+) -> list[dict[str, Any]]:
+    """Top-1 after each pruned layer, with SNOWS weights and with the mask alone; one Evaluation event each."""
+    final_state = result.model.state_dict()
+    current, masked = copy.deepcopy(dense), copy.deepcopy(dense)
+    points = []
+    for index, report in enumerate(result.layers):
+        prefix = report.name + "."
+        current.load_state_dict({k: v for k, v in final_state.items() if k.startswith(prefix)}, strict=False)
+        masked = _with_masks(masked, {report.name: result.masks[report.name]}, copy_model=False)
+        scored = evaluate(current, test, device=device, limit=limit)
+        event = Evaluation(
+            report.name,
+            index,
+            scored["top1"],
+            evaluate(masked, test, device=device, limit=limit)["top1"],
+            scored["images"],
+        )
+        on_event(event)
+        points.append({k: v for k, v in event.to_dict().items() if k != "kind"})
+    return points
+
+
+def _with_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor], copy_model: bool = True) -> torch.nn.Module:
+    masked = copy.deepcopy(model) if copy_model else model
     modules = dict(masked.named_modules())
     with torch.no_grad():
         for name, keep in masks.items():

@@ -40,9 +40,12 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     error TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    cancel_time REAL
+    cancel_time REAL,
+    executor TEXT NOT NULL DEFAULT 'local',
+    imported_from TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep_id);
 CREATE INDEX IF NOT EXISTS runs_hash ON runs (spec_hash, status);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +88,7 @@ class RunStore:
         db = sqlite3.connect(self.path, timeout=30)
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persists in the file
+            _add_missing_columns(db)
             db.executescript(SCHEMA)
         finally:
             db.close()
@@ -109,8 +113,8 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
 
-    def create(self, spec: RunSpec, version: str, sweep_id: str | None = None) -> str:
-        """Store a new queued run and return its id."""
+    def create(self, spec: RunSpec, version: str, sweep_id: str | None = None, executor: str = "local") -> str:
+        """Store a new queued run and return its id; `executor` is "local" or a Dask scheduler address."""
         digest = spec.content_hash()
         now = time.time()
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
@@ -120,9 +124,9 @@ class RunStore:
             taken = {r[0] for r in db.execute("SELECT id FROM runs WHERE id LIKE ?", (base + "%",))}
             run_id = base if base not in taken else _next_free(base, taken)
             db.execute(
-                "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, json.dumps(spec.to_dict()), digest, version, RunStatus.QUEUED.value, sweep_id, now),
+                "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created, executor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, json.dumps(spec.to_dict()), digest, version, RunStatus.QUEUED.value, sweep_id, now, executor),
             )
         return run_id
 
@@ -133,18 +137,22 @@ class RunStore:
             raise KeyError(f"no run {run_id!r} in {self.path}")
         return _run_dict(row)
 
-    def list(self, status: str | None = None) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM runs", ()
-        if status is not None:
-            query, args = query + " WHERE status = ?", (status,)
+    def list(self, status: str | None = None, executor: str | None = None) -> list[dict[str, Any]]:
+        """Runs oldest first, optionally only those with one status or one executor."""
+        where = {"status": status, "executor": executor}
+        clauses = [f"{column} = ?" for column, value in where.items() if value is not None]
+        query = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        args = tuple(value for value in where.values() if value is not None)
         with self._connect() as db:
             return [_run_dict(r) for r in db.execute(query + " ORDER BY created, id", args)]
 
-    def claim_next(self, pid: int) -> dict[str, Any] | None:
-        """Atomically move the oldest queued run to running under `pid` (FIFO); None when the queue is empty."""
+    def claim_next(self, pid: int, executor: str = "local") -> dict[str, Any] | None:
+        """Atomically move the oldest queued run of `executor` to running under `pid` (FIFO); None if none."""
         now = time.time()
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE status = 'queued' ORDER BY created, id LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT * FROM runs WHERE status = 'queued' AND executor = ? ORDER BY created, id LIMIT 1", (executor,)
+            ).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -170,6 +178,48 @@ class RunStore:
                 "INSERT INTO events (run_id, time, kind, payload) VALUES (?, ?, ?, ?)",
                 (run_id, time.time(), kind, json.dumps(payload)),
             )
+
+    def append_events(self, run_id: str, events: list[dict[str, Any]]) -> None:
+        """Append several {"kind", "time", ...payload} events in one transaction (a Dask bridge's batch)."""
+        with self._connect() as db:
+            db.executemany(
+                "INSERT INTO events (run_id, time, kind, payload) VALUES (?, ?, ?, ?)",
+                [(run_id, e.get("time", time.time()), e["kind"], json.dumps(_payload(e))) for e in events],
+            )
+
+    def import_run(self, run: dict[str, Any], events: list[dict[str, Any]], result: dict[str, Any] | None) -> str:
+        """Insert a finished run from another store (its row, events and result) in one transaction."""
+        if run["status"] not in FINAL:
+            raise ValueError(f"only finished runs can be imported; this one is {run['status']!r}")
+        spec = RunSpec.from_dict(run["spec"])  # validates the bundle's spec here
+        with self._connect() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run["id"],)).fetchone():
+                raise ValueError(f"run {run['id']!r} is already in {self.path}")
+            db.execute(
+                "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created, started, finished, error, "
+                "executor, imported_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run["id"],
+                    json.dumps(spec.to_dict()),
+                    spec.content_hash(),
+                    run["version"],
+                    run["status"],
+                    run.get("sweep_id"),
+                    run["created"],
+                    run.get("started"),
+                    run.get("finished"),
+                    run.get("error"),
+                    run.get("executor", "local"),
+                    run["imported_from"],
+                ),
+            )
+            db.executemany(
+                "INSERT INTO events (run_id, time, kind, payload) VALUES (?, ?, ?, ?)",
+                [(run["id"], e["time"], e["kind"], json.dumps(_payload(e))) for e in events],
+            )
+            if result is not None:
+                db.execute("INSERT INTO results (run_id, payload) VALUES (?, ?)", (run["id"], json.dumps(result)))
+        return run["id"]
 
     def events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         """Events of a run with id > `after`, oldest first (pass the last id seen to tail)."""
@@ -222,10 +272,14 @@ class RunStore:
         return row[0] if row else None
 
     def mark_dead(self, is_alive, stale_after: float) -> list[str]:
-        """Fail running runs whose worker is gone (pid dead, or no heartbeat for `stale_after` seconds)."""
+        """Fail running runs whose worker is gone (pid dead, or no heartbeat for `stale_after` seconds).
+
+        A Dask run's worker may be on another host, so only its heartbeat (kept by the local bridge) counts.
+        """
         now, dead = time.time(), []
         for run in self.list(RunStatus.RUNNING.value):
-            if not is_alive(run["worker_pid"]) or now - (run["heartbeat"] or 0) > stale_after:
+            pid_dead = run["executor"] == "local" and not is_alive(run["worker_pid"])
+            if pid_dead or now - (run["heartbeat"] or 0) > stale_after:
                 dead.append(run["id"])
         for run_id in dead:
             self.finish(run_id, RunStatus.FAILED, error="worker died")
@@ -234,6 +288,20 @@ class RunStore:
     def delete(self, run_id: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store made by an older version up to SCHEMA (SQLite adds columns in place)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if not columns:
+        return  # a new store: SCHEMA creates everything
+    for column, decl in (("executor", "TEXT NOT NULL DEFAULT 'local'"), ("imported_from", "TEXT")):
+        if column not in columns:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column} {decl}")
+
+
+def _payload(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in ("id", "time")}
 
 
 def _next_free(base: str, taken: set[str]) -> str:
