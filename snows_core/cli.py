@@ -7,8 +7,6 @@ per-layer table (stdout).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -171,6 +169,7 @@ def _submit(args: argparse.Namespace) -> int:
     from snows_core.runs.executor import submit
 
     spec = _run_spec(args)
+    spec.check_inputs()
     print(submit(RunStore(), spec, force=args.force, executor=_executor(args)))
     return 0
 
@@ -203,22 +202,17 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    """Every combination of the listed values, validated first, queued as one sweep.
-
-    All runs share the seed, the calibration sample (drawn from the seed) and the evaluation subset
-    unless those are swept on purpose; each run row records the sweep id.
-    """
-    from snows_core.runs.executor import submit
+    """Every combination of the listed values, validated first, queued as one sweep (see runs.sweep)."""
+    from snows_core.runs.sweep import grid_specs, submit_all
 
     axes = {name: getattr(args, name) for name in CONFIG_FLAGS}
-    specs = []
-    for values in itertools.product(*axes.values()):
-        specs.append(_run_spec(argparse.Namespace(**{**vars(args), **dict(zip(axes, values, strict=True))})))
-    sweep_id = "sweep-" + hashlib.sha256("".join(s.content_hash() for s in specs).encode()).hexdigest()[:8]
-    executor, store = _executor(args), RunStore()
-    for spec in specs:
-        print(submit(store, spec, force=args.force, sweep_id=sweep_id, executor=executor))
-    print(f"{sweep_id}: {len(specs)} runs")
+    base = _run_spec(argparse.Namespace(**{**vars(args), **{name: values[0] for name, values in axes.items()}}))
+    base.check_inputs()
+    specs = grid_specs(base, {name: values for name, values in axes.items() if len(values) > 1})
+    executor = _executor(args)
+    group, runs = submit_all(RunStore(), specs, force=args.force, executor=executor)
+    print("\n".join(runs))
+    print(f"{group or 'sweep'}: {len(runs)} run{'s' if len(runs) != 1 else ''}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from snows_core.config import PruneConfig, pop_schema_version
@@ -59,6 +60,18 @@ class RunSpec:
             raise ValueError(f"eval_size must be a positive integer or None; got {self.eval_size!r}")
         if not isinstance(self.trajectory, bool):
             raise ValueError(f"trajectory must be true or false; got {self.trajectory!r}")
+
+    def check_inputs(self) -> None:
+        """Refuse, before queueing, a run whose files are missing: its checkpoint, its weights or its data."""
+        from snows_core.data import load_dataset
+        from snows_core.models import model_info
+
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist")
+        if ":" not in self.model and self.checkpoint is None and model_info(self.model).weights is None:
+            hint = model_info(self.model).checkpoint_hint
+            raise ValueError(f"model {self.model} ships no weights: give a checkpoint. {hint}".strip())
+        load_dataset(self.dataset, "test", self.data_root)  # raises naming what to install or where to point
 
     def to_dict(self) -> dict[str, Any]:
         return {

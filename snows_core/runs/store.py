@@ -246,6 +246,21 @@ class RunStore:
             row = db.execute("SELECT payload FROM results WHERE run_id = ?", (run_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Every stored result, by run id (one query, for tables of many runs)."""
+        with self._connect() as db:
+            return {r[0]: json.loads(r[1]) for r in db.execute("SELECT run_id, payload FROM results")}
+
+    def progress(self) -> dict[str, tuple[int, int | None]]:
+        """(layers done, layers in the run or None before it started) for every run with events."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT run_id, SUM(kind = 'layer_done'), "
+                "MAX(CASE WHEN kind = 'run_started' THEN json_array_length(payload, '$.layers') END) "
+                "FROM events WHERE kind IN ('layer_done', 'run_started') GROUP BY run_id"
+            ).fetchall()
+        return {r[0]: (int(r[1]), r[2]) for r in rows}
+
     def request_cancel(self, run_id: str) -> str:
         """Ask a run to stop. A queued run is cancelled at once; a running one at its next Newton step."""
         self.get(run_id)

@@ -1,0 +1,80 @@
+"""What the pages share: the store, the runs table, the sidebar, navigation to a run, empty states."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from snows_core.frames import runs_frame
+from snows_core.models import list_models, model_info
+from snows_core.runs import RunStore
+from snows_core.runs.executor import reap
+
+PAGES = [
+    ("pages/launch.py", "Launch", ":material/rocket_launch:"),
+    ("pages/runs.py", "Runs", ":material/table_rows:"),
+    ("pages/run_detail.py", "Run detail", ":material/monitoring:"),
+    ("pages/tradeoffs.py", "Trade-offs", ":material/scatter_plot:"),
+    ("pages/compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/learn.py", "Learn", ":material/school:"),
+]
+REFRESH_SECONDS = 2.0
+ACTIVE = ("queued", "running")
+
+
+def store() -> RunStore:
+    """The run store of $SNOWS_HOME (read at every rerun, so tests can point it elsewhere)."""
+    return RunStore()
+
+
+def runs() -> pd.DataFrame:
+    """All runs, newest first; runs whose worker died are marked failed first."""
+    current = store()
+    reap(current)
+    return runs_frame(current)
+
+
+def any_active(frame: pd.DataFrame) -> bool:
+    return bool(frame["status"].isin(ACTIVE).any())
+
+
+def open_run(run_id: str) -> None:
+    st.session_state["run"] = run_id
+    st.switch_page("pages/run_detail.py", query_params={"run": run_id})
+
+
+def empty_state(message: str, page: str = "pages/launch.py", label: str = "Launch a run") -> None:
+    st.info(message, icon=":material/info:")
+    st.page_link(page, label=label, icon=":material/arrow_forward:")
+
+
+@st.cache_data(show_spinner=False)
+def model_label(name: str) -> str:
+    """'resnet20: fashion-mnist, 93.76% top-1, 0.27 M params' for the model pickers."""
+    info = model_info(name)
+    top1 = f", {info.top1:.2%} top-1" if info.top1 is not None else ", needs a checkpoint"
+    return f"{name}: {info.dataset}{top1}, {info.params / 1e6:.2f} M params"
+
+
+def zoo() -> list[str]:
+    return list_models()
+
+
+def sidebar() -> None:
+    with st.sidebar:
+        frame = runs()
+        counts = frame["status"].value_counts()
+        st.caption(f"Store: `{store().home}`")
+        if frame.empty:
+            st.caption("No runs yet.")
+        else:
+            st.caption(
+                " · ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "queued", "done", "failed", "cancelled"))
+            )
+        running = frame[frame["status"] == "running"]
+        for _, row in running.iterrows():
+            st.progress(float(row["progress"]), text=f"{row['model']} {row['label']}")
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.2%}"

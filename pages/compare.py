@@ -1,0 +1,74 @@
+"""Compare: runs side by side, the mask x update matrix, and a flag when runs are not comparable."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import empty_state, runs, store
+from snows_core import charts
+from snows_core.frames import comparability, layers_frame, mask_update_matrix
+
+st.title("Compare runs")
+frame = runs()
+done = frame[frame["status"] == "done"]
+if len(done) < 2:
+    empty_state("Comparing needs at least two finished runs: launch a sweep over mask methods or K.")
+    st.stop()
+
+latest_sweep = done["sweep_id"].dropna()
+default = list(done[done["sweep_id"] == latest_sweep.iloc[0]]["id"]) if not latest_sweep.empty else list(done["id"][:2])
+chosen = st.multiselect(
+    "Runs",
+    list(done["id"]),
+    default=default[:8],
+    format_func=lambda i: f"{i} ({done.set_index('id').loc[i, 'label']}, {done.set_index('id').loc[i, 'sparsity']})",
+    key="compare_runs",
+)
+picked = done[done["id"].isin(chosen)]
+if len(picked) < 2:
+    st.info("Pick two or more runs.")
+    st.stop()
+
+reasons = comparability(picked)
+if reasons:
+    st.warning("**Not comparable**: " + "; ".join(reasons) + ".", icon=":material/warning:")
+else:
+    st.success("Comparable: same dataset, calibration images, seed, evaluation subset and versions.")
+
+summary = picked[["id", "model", "label", "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds"]]
+reference = summary.iloc[0]
+summary = summary.assign(
+    delta_vs_first=summary["top1_final"] - reference["top1_final"],
+    seconds_vs_first=summary["seconds"] - reference["seconds"],
+)
+st.dataframe(
+    summary,
+    hide_index=True,
+    column_config={
+        c: st.column_config.NumberColumn(format="%.4f")
+        for c in ("top1_dense", "top1_mask_only", "top1_final", "gain", "delta_vs_first")
+    },
+)
+
+layers = pd.concat(
+    [
+        layers_frame(store().events(run_id)).assign(run=f"{run_id[-6:]} {label}")
+        for run_id, label in zip(picked["id"], picked["label"], strict=True)
+    ],
+    ignore_index=True,
+)
+if not layers.empty:
+    st.plotly_chart(charts.compare_layer_losses(layers), key="compare_layers")
+
+st.subheader("Mask x update")
+model_runs = done[done["model"] == picked["model"].iloc[0]]
+sparsities = sorted(model_runs["sparsity"].dropna().unique())
+if sparsities:
+    sparsity = st.select_slider(
+        "Sparsity", sparsities, value=picked["sparsity"].dropna().iloc[0], key="matrix_sparsity"
+    )
+    top1, gain = mask_update_matrix(model_runs[model_runs["sparsity"] == sparsity])
+    if not top1.empty:
+        st.plotly_chart(charts.matrix_heatmap(top1, gain), key="matrix")
+        st.caption("Cells: top-1 of the newest finished run, and its gain over the mask alone on the same images.")

@@ -1,0 +1,242 @@
+"""Launch: pick a model, mask method(s), pattern, sparsity and K; see the cost forecast; queue the run or sweep."""
+
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+from pages.common import model_label, open_run, store, zoo
+from snows_core.config import PruneConfig
+from snows_core.data import list_datasets
+from snows_core.forecast import forecast, probe
+from snows_core.masks import list_mask_methods
+from snows_core.models import model_info
+from snows_core.runs import RunSpec
+from snows_core.runs.sweep import grid_specs, submit_all
+
+DEFAULTS = PruneConfig()
+PRESETS = {
+    "Teaching demo (under a minute on a laptop CPU)": {
+        "model": "resnet20",
+        "masks": ["magnitude"],
+        "updates": ["snows"],
+        "sparsities": "0.9",
+        "ks": "3",
+        "n_calib": 128,
+        "eval_size": 1000,
+    },
+    "Magnitude vs Wanda at K = 0 and 3 (resnet20)": {
+        "model": "resnet20",
+        "masks": ["magnitude", "wanda"],
+        "updates": ["snows"],
+        "sparsities": "0.5, 0.7, 0.9",
+        "ks": "0, 3",
+        "n_calib": 256,
+        "eval_size": 1000,
+    },
+    "Paper: ResNet-20 CIFAR-10": {
+        "model": "resnet20_cifar10",
+        "dataset": "cifar10",
+        "masks": ["magnitude"],
+        "updates": ["snows"],
+        "sparsities": "0.9",
+        "ks": "3",
+        "n_calib": 256,
+        "eval_size": 0,
+    },
+}
+FORM_DEFAULTS = {
+    "model": "resnet20",
+    "dataset": None,
+    "masks": ["magnitude"],
+    "updates": ["snows"],
+    "pattern_kind": "unstructured",
+    "nm": "2:4",
+    "allocation": DEFAULTS.allocation,
+    "sparsities": "0.5",
+    "ks": str(DEFAULTS.k),
+    "n_calib": DEFAULTS.n_calib,
+    "batch_size": DEFAULTS.batch_size,
+    "newton_steps": DEFAULTS.newton_steps,
+    "cg_iters": DEFAULTS.cg_iters,
+    "cg_tol": DEFAULTS.cg_tol,
+    "damping": DEFAULTS.damping,
+    "warm_start": DEFAULTS.warm_start,
+    "seed": DEFAULTS.seed,
+    "device": DEFAULTS.device,
+    "eval_size": 1000,
+    "trajectory": False,
+    "data_root": "",
+}
+for key, value in FORM_DEFAULTS.items():
+    st.session_state.setdefault(key, value)
+
+
+def apply_preset() -> None:
+    preset = PRESETS.get(st.session_state["preset"], {})
+    for key, value in {**FORM_DEFAULTS, **preset}.items():
+        st.session_state[key] = value
+
+
+def numbers(text: str, cast: type, field: str) -> list:
+    try:
+        values = [cast(item) for item in text.replace(" ", "").split(",") if item]
+    except ValueError:
+        raise ValueError(f"{field}: {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise ValueError(f"{field}: give at least one value")
+    return values
+
+
+def uploaded_checkpoint() -> str | None:
+    """Save an uploaded checkpoint under $SNOWS_HOME/uploads (named by content) and return its path."""
+    upload = st.session_state.get("checkpoint")
+    if upload is None:
+        return None
+    data = upload.getvalue()
+    folder = store().home / "uploads"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{upload.name}"
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path)
+
+
+def build_specs() -> list[RunSpec]:
+    """The RunSpecs the form describes (validated; raises ValueError naming the field)."""
+    s = st.session_state
+    if not s["masks"]:
+        raise ValueError("mask: pick at least one mask method")
+    if not s["updates"]:
+        raise ValueError("reconstruction: pick at least one update")
+    nm = s["pattern_kind"] == "N:M"
+    base = RunSpec(
+        model=s["model"],
+        dataset=s.get("dataset") or None,
+        config=PruneConfig(
+            sparsity=None if nm else 0.5,
+            pattern=s["nm"].strip() if nm else "unstructured",
+            allocation=s["allocation"],
+            mask=s["masks"][0],
+            reconstruction=s["updates"][0],
+            n_calib=int(s["n_calib"]),
+            batch_size=int(s["batch_size"]),
+            newton_steps=int(s["newton_steps"]),
+            cg_iters=int(s["cg_iters"]),
+            cg_tol=float(s["cg_tol"]),
+            damping=float(s["damping"]),
+            warm_start=bool(s["warm_start"]),
+            seed=int(s["seed"]),
+            device=s["device"],
+        ),
+        eval_size=int(s["eval_size"]) or None,
+        trajectory=bool(s["trajectory"]),
+        checkpoint=uploaded_checkpoint(),
+        data_root=s["data_root"].strip() or None,
+    )
+    axes = {"mask": s["masks"], "reconstruction": s["updates"], "k": numbers(s["ks"], int, "k")}
+    if not nm:
+        axes["sparsity"] = numbers(s["sparsities"], float, "sparsity")
+    specs = grid_specs(base, axes)
+    base.check_inputs()
+    return specs
+
+
+@st.cache_data(show_spinner="Probing the model (one forward pass)...")
+def cached_probe(model: str, batch: int, device: str):
+    return probe(model, batch, device)
+
+
+st.title("Launch a pruning run")
+st.caption(
+    "SNOWS prunes with a mask from a prior method, then re-fits each pruned layer's surviving weights so "
+    "the dense network's activations up to K operations deeper are reconstructed (Newton-CG)."
+)
+st.selectbox(
+    "Preset",
+    ["Custom", *PRESETS],
+    key="preset",
+    on_change=apply_preset,
+    help="Fills the form; change anything afterwards.",
+)
+
+left, right = st.columns(2)
+with left:
+    st.selectbox("Model", zoo(), key="model", format_func=model_label)
+    info = model_info(st.session_state["model"])
+    if info.weights is None:
+        st.file_uploader(
+            "Checkpoint (.th, .pt or .safetensors)",
+            type=["th", "pt", "pth", "safetensors"],
+            key="checkpoint",
+            help=info.checkpoint_hint,
+        )
+    st.selectbox(
+        "Dataset",
+        [None, *list_datasets()],
+        key="dataset",
+        format_func=lambda d: f"the model's own ({info.dataset})" if d is None else d,
+    )
+    st.text_input("Data location", key="data_root", help="An .npz file or a folder; empty: the default location")
+    st.multiselect(
+        "Mask methods", [m for m in list_mask_methods() if m != "custom"], key="masks", help="Several: a sweep"
+    )
+    st.multiselect(
+        "Weight update",
+        ["none", "lstsq", "snows"],
+        key="updates",
+        help="none: the mask alone; lstsq: layer-wise least squares; snows: the K-deep Newton-CG solve",
+    )
+with right:
+    st.radio("Pattern", ["unstructured", "N:M"], key="pattern_kind", horizontal=True)
+    if st.session_state["pattern_kind"] == "N:M":
+        st.text_input("N:M", key="nm", help="Keep N of every M weights along the inputs, e.g. 2:4")
+    else:
+        st.text_input("Sparsities", key="sparsities", help="Fraction of weights zeroed; comma-separated for a sweep")
+        st.radio("Allocation", ["uniform", "global"], key="allocation", horizontal=True)
+    st.text_input("K (reconstruction depth)", key="ks", help="Operations deeper to reconstruct; comma-separated")
+    st.number_input("Test images scored (0: all)", min_value=0, step=500, key="eval_size")
+    st.checkbox("Record the accuracy trajectory (top-1 after every layer)", key="trajectory")
+
+with st.expander("Advanced"):
+    a, b, c = st.columns(3)
+    a.number_input("Calibration images", min_value=1, step=64, key="n_calib")
+    a.number_input("Batch size", min_value=1, step=64, key="batch_size")
+    b.number_input("Newton passes", min_value=1, key="newton_steps")
+    b.number_input("CG iterations", min_value=1, key="cg_iters")
+    b.number_input("CG tolerance", min_value=0.0, format="%.1e", key="cg_tol")
+    c.number_input("Damping", min_value=0.0, format="%.1e", key="damping")
+    c.number_input("Seed", min_value=0, key="seed")
+    c.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
+    a.checkbox("Least-squares warm start", key="warm_start")
+
+try:
+    specs = build_specs()
+except (ValueError, FileNotFoundError) as err:
+    st.error(str(err), icon=":material/error:")
+    st.stop()
+
+probed = cached_probe(specs[0].model, min(specs[0].config.batch_size, 64), specs[0].config.device)
+estimates = [forecast(spec, probed, store()) for spec in specs]
+total = sum(e.seconds for e in estimates)
+worst = max(estimates, key=lambda e: e.peak_bytes)
+kind = "run" if len(specs) == 1 else f"sweep of {len(specs)} runs"
+st.subheader("Forecast")
+st.write(f"A {kind}: about **{total:.0f} s** in all on this machine; per run {worst.message()}.")
+if not worst.fits:
+    st.error("This does not fit in the memory available: lower the calibration images or the batch size.")
+    st.stop()
+
+if st.button("Launch", type="primary", icon=":material/rocket_launch:"):
+    group, run_ids = submit_all(store(), specs)
+    st.session_state["launched"] = run_ids
+    st.toast(f"Queued {len(run_ids)} run{'s' if len(run_ids) > 1 else ''}" + (f" ({group})" if group else ""))
+
+launched = st.session_state.get("launched")
+if launched:
+    st.success(f"Queued: {', '.join(launched)}", icon=":material/check_circle:")
+    go_runs, go_detail = st.columns(2)
+    go_runs.page_link("pages/runs.py", label="Watch them on the Runs page", icon=":material/table_rows:")
+    if go_detail.button("Open the run's live detail", icon=":material/monitoring:"):
+        open_run(launched[-1])

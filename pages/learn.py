@@ -1,0 +1,86 @@
+"""Learn: SNOWS for a class: masks (unstructured and N:M), what a K-window reaches, and one Newton-CG solve."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import REFRESH_SECONDS, store, zoo
+from snows_core import charts
+from snows_core.frames import steps_frame
+from snows_core.runs.executor import submit
+from snows_core.teach import LEARN_SPEC, mask_example, window_chains
+
+st.title("Learn: how SNOWS prunes")
+
+st.header("1. A mask")
+st.markdown(
+    "Pruning zeroes weights. A **mask** says which survive (blue). Magnitude keeps the largest |w|; "
+    "Wanda weighs |w| by how large the matching input is. **Unstructured** masks may keep any weights; "
+    "**N:M** keeps N of every M consecutive inputs of each output, a pattern sparse tensor cores run fast."
+)
+left, right = st.columns(2)
+sparsity = left.slider("Unstructured sparsity", 0.1, 0.95, 0.5, 0.05)
+left.plotly_chart(
+    charts.mask_heatmap(mask_example("unstructured", sparsity), f"unstructured, {sparsity:.0%} zero"), key="mask_u"
+)
+nm = right.selectbox("N:M pattern", ["2:4", "1:4", "4:8"])
+right.plotly_chart(charts.mask_heatmap(mask_example(nm), f"{nm}: groups of {nm.split(':')[1]} inputs"), key="mask_nm")
+
+st.header("2. What the K-window reaches")
+st.markdown(
+    "After the mask, SNOWS re-fits each pruned layer's surviving weights so the dense network's activations "
+    "are reconstructed not only at the layer's output but up to **K** operations deeper. The table lists, "
+    "for every layer it prunes, the chain of counted operations its objective spans."
+)
+a, b = st.columns([2, 1])
+model = a.selectbox("Model", zoo(), key="learn_model")
+k = b.slider("K", 0, 6, 3, key="learn_k")
+
+
+@st.cache_data(show_spinner="Tracing the model...")
+def chains(name: str, depth: int):
+    return window_chains(name, depth)
+
+
+try:
+    st.dataframe(chains(model, k), hide_index=True)
+except ValueError as err:
+    st.error(str(err))
+
+st.header("3. One layer's Newton-CG solve, step by step")
+st.markdown(
+    "Each Newton step solves H d = -g for the free weights by conjugate gradient, with exact Hessian-vector "
+    "products (never forming H), then a backtracking line search picks the step size. Here: the 512-to-256 "
+    "linear layer of the Fashion-MNIST MLP at 90% sparsity, K = 2, six Newton steps. It runs in the "
+    "background queue like any other run (a few seconds)."
+)
+run_id = st.session_state.get("learn_run")
+if st.button("Run the tiny solve", icon=":material/play_arrow:"):
+    run_id = st.session_state["learn_run"] = submit(store(), LEARN_SPEC)
+
+if run_id:
+
+    @st.fragment(run_every=REFRESH_SECONDS if store().get(run_id)["status"] in ("queued", "running") else None)
+    def solve() -> None:
+        status = store().get(run_id)["status"]
+        steps = steps_frame(store().events(run_id))
+        if steps.empty:
+            st.info(f"The run is {status}...")
+            return
+        last = int(steps["step"].max())
+        shown = st.slider("Newton step", 0, last, last, key="learn_step") if last > 0 else 0
+        visible = steps[steps["step"] <= shown]
+        st.plotly_chart(charts.loss_curves(visible), key="learn_loss")
+        row = steps[steps["step"] == shown].iloc[0]
+        if shown == 0:
+            st.write(f"Start (after the least-squares warm start): loss {row['loss']:.4g}.")
+        else:
+            st.write(
+                f"Step {shown}: CG ran {int(row['cg_iters'])} iterations (relative residual {row['cg_residual']:.2g}), "
+                f"the line search accepted step size {row['step_size']:.3g}, and the loss fell to {row['loss']:.4g}."
+            )
+        if status in ("done", "failed", "cancelled") and status != st.session_state.get("learn_status"):
+            st.session_state["learn_status"] = status
+            st.rerun()
+
+    solve()

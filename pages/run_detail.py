@@ -1,0 +1,112 @@
+"""Run detail: one run's Newton-CG solve, layer by layer; live while it runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import REFRESH_SECONDS, empty_state, percent, runs, store
+from snows_core import charts
+from snows_core.frames import layers_frame, steps_frame, trajectory_frame
+
+st.title("Run detail")
+frame = runs()
+if frame.empty:
+    empty_state("No runs yet: launch one and follow its solve here, live.")
+    st.stop()
+
+wanted = st.query_params.get("run") or st.session_state.get("run")
+ids = list(frame["id"])
+run_id = st.selectbox(
+    "Run",
+    ids,
+    index=ids.index(wanted) if wanted in ids else 0,
+    format_func=lambda i: f"{i}  ({frame.set_index('id').loc[i, 'status']}, {frame.set_index('id').loc[i, 'label']})",
+)
+st.query_params["run"] = run_id
+st.session_state["run"] = run_id
+
+
+def header(row: pd.Series) -> None:
+    spec = store().get(row["id"])["spec"]
+    config = spec["config"]
+    pattern = config["pattern"] if config["pattern"] != "unstructured" else f"{config['sparsity']:.0%} unstructured"
+    st.markdown(
+        f"**{row['model']}** on {row['dataset']} · {pattern} ({config['allocation']}) · mask **{row['mask']}** · "
+        f"update **{row['reconstruction']}**"
+        + (f" K={row['k']}" if row["reconstruction"] == "snows" else "")
+        + f" · {config['n_calib']} calibration images · seed {config['seed']} · status **{row['status']}**"
+    )
+    if row["status"] in ("queued", "running"):
+        total = row["layers_total"]
+        done = int(row["layers_done"])
+        st.progress(float(row["progress"]), text=f"{done} of {total or '?'} layers")
+    a, b, c, d = st.columns(4)
+    a.metric("top-1 dense", percent(row["top1_dense"]))
+    b.metric("mask only", percent(row["top1_mask_only"]))
+    c.metric(
+        "final",
+        percent(row["top1_final"]),
+        delta=None if pd.isna(row["gain"]) else f"{row['gain']:+.2%} over mask only",
+    )
+    d.metric("seconds", "" if pd.isna(row["seconds"]) else f"{row['seconds']:.1f}")
+    if row["status"] == "failed":
+        st.error("The run failed.")
+        st.code(row["error"] or "no error text")
+    elif row["status"] == "cancelled":
+        st.warning(f"Cancelled: {row['error'] or ''}")
+
+
+def body(row: pd.Series) -> None:
+    events = store().events(row["id"])
+    steps, layers, points = steps_frame(events), layers_frame(events), trajectory_frame(events)
+    if steps.empty and layers.empty:
+        st.info(
+            "No Newton step yet: the run is "
+            + (
+                "waiting in the queue."
+                if row["status"] == "queued"
+                else "loading its model and data."
+                if row["status"] == "running"
+                else "without a recorded solve."
+            )
+        )
+        return
+    solve, per_layer, through = st.tabs(["Newton-CG solve", "Per layer", "Trajectory"])
+    with solve:
+        if not steps.empty:
+            st.plotly_chart(charts.loss_curves(steps), key="loss_curves")
+            left, right = st.columns(2)
+            left.plotly_chart(charts.cg_iterations(steps), key="cg")
+            right.plotly_chart(charts.step_sizes(steps), key="steps")
+        else:
+            st.caption("This update takes no Newton steps (none or lstsq).")
+    with per_layer:
+        if layers.empty:
+            st.caption("No layer finished yet.")
+        else:
+            st.plotly_chart(charts.layer_losses(layers), key="layer_losses")
+            left, right = st.columns(2)
+            left.plotly_chart(charts.layer_cost(layers), key="layer_cost")
+            right.plotly_chart(charts.layer_sparsity(layers), key="layer_sparsity")
+            st.dataframe(layers.drop(columns=["index"]), hide_index=True)
+    with through:
+        if points.empty:
+            st.caption("Not recorded for this run: tick *Record the accuracy trajectory* when launching.")
+        else:
+            st.plotly_chart(charts.trajectory(points, row["top1_dense"]), key="trajectory")
+
+
+@st.fragment(
+    run_every=REFRESH_SECONDS if frame.set_index("id").loc[run_id, "status"] in ("queued", "running") else None
+)
+def live() -> None:
+    current = runs().set_index("id").loc[run_id]
+    row = pd.concat([pd.Series({"id": run_id}), current])
+    header(row)
+    body(row)
+    if current["status"] != frame.set_index("id").loc[run_id, "status"]:
+        st.rerun()  # the run finished: one last full render, then stop refreshing
+
+
+live()

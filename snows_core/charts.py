@@ -1,0 +1,203 @@
+"""Plotly figures for the dashboard, each built from a DataFrame of `snows_core.frames` (testable without a UI).
+
+Every trade-off point carries its run id in `customdata`, so a click in the app can open that run.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "loss_curves",
+    "cg_iterations",
+    "step_sizes",
+    "layer_losses",
+    "layer_cost",
+    "layer_sparsity",
+    "trajectory",
+    "accuracy_vs_sparsity",
+    "accuracy_vs_k",
+    "accuracy_vs_cost",
+    "compare_layer_losses",
+    "matrix_heatmap",
+    "mask_heatmap",
+]
+
+TEMPLATE = "plotly_white"
+
+
+def _figure(title: str, x: str, y: str, *, log_y: bool = False) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        title=title, xaxis_title=x, yaxis_title=y, template=TEMPLATE, legend_title_text="", margin={"t": 50}
+    )
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def loss_curves(steps: pd.DataFrame) -> go.Figure:
+    """The K-window loss against Newton step, one line per layer, log scale."""
+    fig = _figure("Reconstruction loss per Newton step", "Newton step", "K-window loss", log_y=True)
+    for layer, rows in steps.sort_values(["index", "step"]).groupby("layer", sort=False):
+        fig.add_scatter(x=rows["step"], y=rows["loss"], mode="lines+markers", name=str(layer))
+    return fig
+
+
+def cg_iterations(steps: pd.DataFrame) -> go.Figure:
+    """CG iterations of every Newton step, grouped by layer."""
+    fig = _figure("CG iterations per Newton step", "layer", "CG iterations")
+    taken = steps[steps["step"] > 0].sort_values(["index", "step"])
+    for step, rows in taken.groupby("step"):
+        fig.add_bar(x=rows["layer"], y=rows["cg_iters"], name=f"step {step}")
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def step_sizes(steps: pd.DataFrame) -> go.Figure:
+    """The Armijo step size accepted at each Newton step (0: no step passed)."""
+    fig = _figure("Line-search step sizes", "layer", "step size")
+    taken = steps[steps["step"] > 0].sort_values(["index", "step"])
+    for step, rows in taken.groupby("step"):
+        fig.add_scatter(x=rows["layer"], y=rows["step_size"], mode="markers", name=f"step {step}")
+    return fig
+
+
+def layer_losses(layers: pd.DataFrame) -> go.Figure:
+    """Per layer: loss with the mask only, after the least-squares warm start, and final."""
+    fig = _figure("Loss before and after, per layer", "layer", "K-window loss", log_y=True)
+    for column, name in (("loss_before", "mask only"), ("loss_warm", "lstsq warm start"), ("loss_after", "final")):
+        if layers[column].notna().any():
+            fig.add_bar(x=layers["name"], y=layers[column], name=name)
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def layer_cost(layers: pd.DataFrame) -> go.Figure:
+    """Seconds and peak memory per layer, in two stacked panels."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    fig.add_bar(x=layers["name"], y=layers["seconds"], name="seconds", row=1, col=1)
+    fig.add_bar(x=layers["name"], y=layers["peak_mem"] / 2**20, name="peak memory (MiB)", row=2, col=1)
+    fig.update_layout(title="Time and peak memory per layer", template=TEMPLATE, showlegend=False)
+    fig.update_yaxes(title_text="seconds", row=1, col=1)
+    fig.update_yaxes(title_text="peak memory (MiB)", row=2, col=1)
+    fig.update_xaxes(title_text="layer", row=2, col=1)
+    return fig
+
+
+def layer_sparsity(layers: pd.DataFrame) -> go.Figure:
+    fig = _figure("Achieved sparsity per layer", "layer", "sparsity")
+    fig.add_bar(x=layers["name"], y=layers["sparsity"], name="sparsity")
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def trajectory(points: pd.DataFrame, dense: float | None = None) -> go.Figure:
+    """Top-1 after each pruned layer: SNOWS weights against the mask alone."""
+    fig = _figure("Accuracy through the layers (pruning trajectory)", "layers pruned", "top-1")
+    x = points["index"] + 1
+    fig.add_scatter(x=x, y=points["top1"], mode="lines+markers", name="SNOWS", text=points["layer"])
+    fig.add_scatter(x=x, y=points["top1_mask_only"], mode="lines+markers", name="mask only", text=points["layer"])
+    if dense is not None:
+        fig.add_hline(y=dense, line_dash="dot", annotation_text="dense")
+    return fig
+
+
+def _series(fig: go.Figure, runs: pd.DataFrame, x: str, mode: str = "lines+markers") -> go.Figure:
+    for label, rows in runs.sort_values(x).groupby("label"):
+        fig.add_scatter(
+            x=rows[x],
+            y=rows["top1_final"],
+            mode=mode,
+            name=str(label),
+            customdata=rows[["id"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>" + x + " %{x}<br>top-1 %{y:.4f}<extra>%{fullData.name}</extra>",
+        )
+    return fig
+
+
+def _dense_line(fig: go.Figure, runs: pd.DataFrame) -> None:
+    dense = runs["top1_dense"].dropna()
+    if not dense.empty:
+        fig.add_hline(y=float(dense.median()), line_dash="dot", annotation_text="dense")
+
+
+def accuracy_vs_sparsity(runs: pd.DataFrame) -> go.Figure:
+    """Top-1 against sparsity, one curve per mask method x update, with the dense model's line."""
+    fig = _series(_figure("Top-1 against sparsity", "sparsity", "top-1"), runs, "sparsity")
+    _dense_line(fig, runs)
+    return fig
+
+
+def accuracy_vs_k(runs: pd.DataFrame) -> go.Figure:
+    """Top-1 of SNOWS runs against the depth K, one curve per mask method x sparsity."""
+    snows = runs[runs["reconstruction"] == "snows"].assign(
+        label=lambda f: f["mask"] + " @ " + f["sparsity"].map("{:.2f}".format)
+    )
+    fig = _series(_figure("Top-1 against depth K", "K", "top-1"), snows, "k")
+    _dense_line(fig, runs)
+    return fig
+
+
+def accuracy_vs_cost(runs: pd.DataFrame) -> go.Figure:
+    """Top-1 against run seconds: what each point of accuracy costs."""
+    return _series(_figure("Top-1 against cost", "seconds", "top-1"), runs, "seconds", mode="markers")
+
+
+def compare_layer_losses(layers: pd.DataFrame) -> go.Figure:
+    """Final per-layer loss of several runs overlaid (`layers` has a `run` column)."""
+    fig = _figure("Per-layer loss, runs overlaid", "layer", "final K-window loss", log_y=True)
+    for run, rows in layers.groupby("run", sort=False):
+        fig.add_scatter(x=rows["name"], y=rows["loss_after"], mode="lines+markers", name=str(run))
+    return fig
+
+
+def matrix_heatmap(top1: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
+    """The mask x update matrix: colour = top-1, text = top-1 and gain over mask-only."""
+    text = [
+        [
+            "" if pd.isna(t) else f"{t:.4f}<br>{g:+.4f}" if not pd.isna(g) else f"{t:.4f}"
+            for t, g in zip(trow, grow, strict=True)
+        ]
+        for trow, grow in zip(top1.to_numpy(), gain.to_numpy(), strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=top1.to_numpy(),
+            x=list(top1.columns),
+            y=list(top1.index),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            colorbar_title="top-1",
+        )
+    )
+    fig.update_layout(
+        title="Mask x update: top-1 (and gain over mask-only)",
+        xaxis_title="update",
+        yaxis_title="mask method",
+        template=TEMPLATE,
+    )
+    return fig
+
+
+def mask_heatmap(mask: pd.DataFrame, title: str) -> go.Figure:
+    """A weight mask (rows: outputs, columns: inputs; 1 = kept) as a heatmap."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=mask.to_numpy(),
+            x=list(mask.columns),
+            y=list(mask.index),
+            colorscale=[[0, "#f1f1f1"], [1, "#1f4e9c"]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            xgap=1,
+            ygap=1,
+        )
+    )
+    fig.update_layout(title=title, xaxis_title="input", yaxis_title="output", template=TEMPLATE)
+    fig.update_yaxes(autorange="reversed")
+    return fig

@@ -1,0 +1,174 @@
+"""Tables the dashboard shows, as pandas DataFrames built from the run store (no Streamlit, no tensors).
+
+- `runs_frame`: one row per run (spec fields, status, progress through the layers, results);
+- `steps_frame`, `layers_frame`, `trajectory_frame`: a run's Newton steps, per-layer reports and
+  accuracy after each layer, from its events;
+- `mask_update_matrix`: top-1 per mask method (rows) and update (columns: none, lstsq, SNOWS at each K);
+- `comparability`: why a set of runs is not a fair comparison (empty when it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from snows_core.runs.store import RunStore
+
+__all__ = [
+    "RUN_COLUMNS",
+    "runs_frame",
+    "steps_frame",
+    "layers_frame",
+    "trajectory_frame",
+    "series_label",
+    "update_label",
+    "mask_update_matrix",
+    "comparability",
+    "COMPARABLE_ON",
+]
+
+RUN_COLUMNS = [
+    "id", "status", "progress", "model", "dataset", "mask", "reconstruction", "k", "pattern", "allocation",
+    "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds", "sparsity_achieved", "peak_mem",
+    "layers_done", "layers_total", "n_calib", "seed", "newton_steps", "cg_iters", "eval_size", "sweep_id",
+    "created", "version", "calib_digest", "eval_subset", "executor", "imported_from", "torch", "error", "label",
+]  # fmt: skip
+
+COMPARABLE_ON = {  # column: what differs when it does
+    "dataset": "dataset",
+    "calib_digest": "calibration images",
+    "seed": "seed",
+    "eval_subset": "evaluation subset",
+    "version": "snows_core version",
+    "torch": "torch version",
+}
+
+
+def runs_frame(store: RunStore) -> pd.DataFrame:
+    """Every run, newest first, with its progress and (when done) its results."""
+    progress, results = store.progress(), store.results()
+    rows = [_run_row(run, progress.get(run["id"], (0, None)), results.get(run["id"]) or {}) for run in store.list()]
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return frame.iloc[::-1].reset_index(drop=True)
+
+
+def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict[str, Any]) -> dict[str, Any]:
+    config = run["spec"]["config"]
+    done, total = progress
+    final, mask_only = result.get("top1_final"), result.get("top1_mask_only")
+    row = {
+        "id": run["id"],
+        "status": run["status"],
+        "progress": 1.0 if run["status"] == "done" else (done / total if total else 0.0),
+        "model": run["spec"]["model"],
+        "dataset": run["spec"]["dataset"],
+        "eval_size": run["spec"]["eval_size"],
+        **{key: config[key] for key in ("mask", "reconstruction", "k", "pattern", "allocation", "sparsity")},
+        **{key: config[key] for key in ("n_calib", "seed", "newton_steps", "cg_iters")},
+        "top1_dense": result.get("top1_dense"),
+        "top1_mask_only": mask_only,
+        "top1_final": final,
+        "gain": final - mask_only if final is not None and mask_only is not None else None,
+        "seconds": result.get("seconds"),
+        "sparsity_achieved": result.get("sparsity"),
+        "peak_mem": result.get("peak_mem"),
+        "layers_done": done,
+        "layers_total": total,
+        "sweep_id": run["sweep_id"],
+        "created": datetime.fromtimestamp(run["created"], UTC),
+        "version": run["version"],
+        "calib_digest": result.get("calib_digest"),
+        "eval_subset": result.get("eval_subset"),
+        "executor": run["executor"],
+        "imported_from": run["imported_from"],
+        "torch": (result.get("environment") or {}).get("torch"),
+        "error": run["error"],
+    }
+    row["label"] = series_label(row)
+    return row
+
+
+def update_label(reconstruction: str, k: int) -> str:
+    """How the kept weights were updated: "none", "lstsq" or "snows K=k"."""
+    return f"snows K={k}" if reconstruction == "snows" else reconstruction
+
+
+def series_label(row: dict[str, Any] | pd.Series) -> str:
+    """One curve of the trade-off charts: mask method x update (x pattern when N:M)."""
+    pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
+    return f"{row['mask']}{pattern} + {update_label(row['reconstruction'], int(row['k']))}"
+
+
+def steps_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per Newton step (numbered from 1) plus a step 0 per layer: the loss its first step started from."""
+    order: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        if e["kind"] == "layer_started":
+            order[e["layer"]] = e["index"]
+        elif e["kind"] == "newton_step":
+            if not any(r["layer"] == e["layer"] for r in rows[-1:]):  # steps of one layer arrive together
+                rows.append({"layer": e["layer"], "step": 0, "loss": e["loss"], "cg_iters": 0})
+            rows.append(
+                {
+                    "layer": e["layer"],
+                    "step": e["step"],
+                    "loss": e["loss_after"],
+                    "cg_iters": e["cg_iters"],
+                    "cg_residual": e["cg_residual"],
+                    "step_size": e["step_size"],
+                    "seconds": e["seconds"],
+                }
+            )
+    frame = pd.DataFrame(rows, columns=["layer", "step", "loss", "cg_iters", "cg_residual", "step_size", "seconds"])
+    frame["index"] = frame["layer"].map(order)
+    return frame
+
+
+def layers_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per finished layer: losses before / after warm start / after, cost, sparsity."""
+    rows = [{"index": e["index"], **e["report"]} for e in events if e["kind"] == "layer_done"]
+    columns = ["index", "name", "loss_before", "loss_warm", "loss_after", "newton_steps", "cg_iters", "seconds"]
+    columns += ["peak_mem", "sparsity", "kept", "numel"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def trajectory_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Top-1 after each pruned layer (SNOWS weights and mask only), when the run recorded it."""
+    rows = [
+        {k: e[k] for k in ("index", "layer", "top1", "top1_mask_only")} for e in events if e["kind"] == "evaluation"
+    ]
+    return pd.DataFrame(rows, columns=["index", "layer", "top1", "top1_mask_only"])
+
+
+def mask_update_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(top-1, gain over mask-only) with rows = mask methods and columns = updates; newest run per cell."""
+    done = runs[runs["status"] == "done"].copy()
+    if done.empty:
+        empty = pd.DataFrame()
+        return empty, empty
+    done["update"] = [update_label(r, int(k)) for r, k in zip(done["reconstruction"], done["k"], strict=True)]
+    newest = done.sort_values("created").groupby(["mask", "update"]).last()
+    columns = sorted(newest.index.get_level_values("update").unique(), key=_update_order)
+    top1 = newest["top1_final"].unstack("update").reindex(columns=columns)
+    gain = newest["gain"].unstack("update").reindex(columns=columns)
+    return top1, gain
+
+
+def _update_order(label: str) -> tuple[int, int]:
+    if label.startswith("snows K="):
+        return 2, int(label.split("=")[1])
+    return (0, 0) if label == "none" else (1, 0)
+
+
+def comparability(runs: pd.DataFrame) -> list[str]:
+    """What differs between these runs that makes their accuracies not comparable ([] when none)."""
+    reasons = []
+    for column, what in COMPARABLE_ON.items():
+        values = runs[column].dropna().unique()
+        if len(values) > 1:
+            reasons.append(f"{what} differs ({', '.join(map(str, values[:4]))})")
+    return reasons

@@ -1,0 +1,49 @@
+"""Sweeps: a grid over spec fields, validated as a whole before anything is stored, queued under one id.
+
+K only matters to SNOWS, so a run that updates with none or lstsq is stored with k=0 and the grid
+keeps one of each; every run of a sweep shares the seed (hence the calibration images) and the
+evaluation subset unless those are swept on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from snows_core.runs.spec import RunSpec
+from snows_core.runs.store import RunStore
+
+__all__ = ["grid_specs", "sweep_id", "submit_all"]
+
+
+def grid_specs(base: RunSpec, axes: dict[str, Sequence[Any]]) -> list[RunSpec]:
+    """Every combination of the PruneConfig values in `axes` applied to `base` (each validated), duplicates dropped."""
+    specs: dict[str, RunSpec] = {}
+    for values in itertools.product(*axes.values()):
+        changes = dict(zip(axes, values, strict=True))
+        if changes.get("pattern", base.config.pattern) != "unstructured":
+            changes["sparsity"] = None  # N:M implies the sparsity
+        config = dataclasses.replace(base.config, **changes)
+        if config.reconstruction != "snows":
+            config = dataclasses.replace(config, k=0)
+        spec = dataclasses.replace(base, config=config)
+        specs.setdefault(spec.content_hash(), spec)
+    return list(specs.values())
+
+
+def sweep_id(specs: Sequence[RunSpec]) -> str:
+    """A short id naming this exact set of specs."""
+    return "sweep-" + hashlib.sha256("".join(s.content_hash() for s in specs).encode()).hexdigest()[:8]
+
+
+def submit_all(
+    store: RunStore, specs: Sequence[RunSpec], *, force: bool = False, executor: str = "local"
+) -> tuple[str | None, list[str]]:
+    """Queue `specs` (one sweep id when there are several) and return (sweep id, run ids in order)."""
+    from snows_core.runs.executor import submit
+
+    group = sweep_id(specs) if len(specs) > 1 else None
+    return group, [submit(store, spec, force=force, sweep_id=group, executor=executor) for spec in specs]

@@ -1,0 +1,102 @@
+"""A store holding one run in each state, with hand-made events and results (no pruning needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from snows_core import PruneConfig
+from snows_core.runs import RunSpec, RunStatus, RunStore
+
+LAYERS = ["layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1"]
+
+
+def spec(mask: str = "magnitude", sparsity: float = 0.5, k: int = 3, reconstruction: str = "snows", seed: int = 0):
+    config = PruneConfig(sparsity=sparsity, mask=mask, k=k, reconstruction=reconstruction, seed=seed)
+    return RunSpec(model="resnet20", config=config)
+
+
+def solve_events(store: RunStore, run_id: str, layers: list[str], trajectory: bool = True) -> None:
+    """run_started, then per layer: layer_started, two Newton steps, layer_done (and an evaluation)."""
+    store.append_event(run_id, "run_started", {"kind": "run_started", "layers": LAYERS, "device": "cpu"})
+    for i, layer in enumerate(layers):
+        loss = 1.0 / (i + 1)
+        store.append_event(run_id, "layer_started", {"kind": "layer_started", "layer": layer, "index": i})
+        for step in (1, 2):
+            store.append_event(
+                run_id,
+                "newton_step",
+                {
+                    "kind": "newton_step",
+                    "layer": layer,
+                    "step": step,
+                    "loss": loss / step,
+                    "loss_after": loss / (step + 1),
+                    "cg_iters": 10,
+                    "cg_residual": 1e-3,
+                    "step_size": 1.0 if step == 1 else 0.9,
+                    "seconds": 0.5,
+                },
+            )
+        report = {
+            "name": layer,
+            "loss_before": 2 * loss,
+            "loss_warm": loss,
+            "loss_after": loss / 3,
+            "newton_steps": 2,
+            "cg_iters": 20,
+            "seconds": 1.0,
+            "peak_mem": 2**30,
+            "kept": 50,
+            "numel": 100,
+            "sparsity": 0.5,
+        }
+        store.append_event(run_id, "layer_done", {"kind": "layer_done", "layer": layer, "index": i, "report": report})
+        if trajectory:
+            store.append_event(
+                run_id,
+                "evaluation",
+                {"kind": "evaluation", "layer": layer, "index": i, "top1": 0.9 - i / 100, "top1_mask_only": 0.8},
+            )
+
+
+def result(final: float, mask_only: float = 0.8, seed: int = 0) -> dict:
+    return {
+        "top1_dense": 0.93,
+        "top1_mask_only": mask_only,
+        "top1_final": final,
+        "seconds": 12.0,
+        "sparsity": 0.5,
+        "peak_mem": 2**30,
+        "calib_digest": f"digest-{seed}",
+        "eval_subset": "fashion-mnist:test[:1000]",
+        "environment": {"torch": "2.14.1"},
+    }
+
+
+def populate(home: Path) -> dict[str, str]:
+    """Runs done (magnitude and wanda, K 0 and 3), running, failed, cancelled and queued; returns ids by role."""
+    store = RunStore(home)
+    ids = {}
+    for role, s, final in (
+        ("done", spec(), 0.91),
+        ("done_wanda", spec(mask="wanda"), 0.92),
+        ("done_k0", spec(k=0), 0.9),
+        ("done_wanda_k0", spec(mask="wanda", k=0), 0.905),
+    ):
+        ids[role] = store.create(s, "0.1.0", sweep_id="sweep-test")
+        store.claim_next(pid=1)
+        solve_events(store, ids[role], LAYERS)
+        store.finish(ids[role], RunStatus.DONE, result(final))
+    ids["failed"] = store.create(spec(sparsity=0.7), "0.1.0")
+    store.claim_next(pid=1)
+    store.finish(ids["failed"], RunStatus.FAILED, error="Traceback: RuntimeError: boom")
+    ids["cancelled"] = store.create(spec(sparsity=0.8), "0.1.0")
+    store.claim_next(pid=1)
+    solve_events(store, ids["cancelled"], LAYERS[:1], trajectory=False)
+    store.finish(ids["cancelled"], RunStatus.CANCELLED, error="cancelled by request")
+    ids["running"] = store.create(spec(sparsity=0.9), "0.1.0")
+    stand_in = subprocess.Popen(["sleep", "600"])  # a live worker pid; the `home` fixture kills it
+    store.claim_next(pid=stand_in.pid)
+    solve_events(store, ids["running"], LAYERS[:1], trajectory=False)
+    return ids

@@ -1,0 +1,97 @@
+"""The Streamlit app through AppTest: every page renders (empty store and one with runs in every state),
+the launch form queues the chosen spec, and bad values show an error and store nothing."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from snows_core.runs import RunStore
+from tests.store_fixtures import populate
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "learn"]
+
+
+def open_page(page: str, **state) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_an_empty_store_with_a_next_step(home, page):
+    at = open_page(page)
+    assert at.title
+    if page not in ("launch", "learn"):
+        assert at.info and at.get("page_link")  # says what to do next
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_runs_in_every_state(home, page):
+    ids = populate(home)
+    at = open_page(page, run=ids["done"])
+    assert not at.error
+    if page == "run_detail":
+        assert len(at.get("plotly_chart")) >= 5 and at.metric[2].value == "91.00%"
+    if page == "tradeoffs":
+        assert len(at.get("plotly_chart")) == 3
+    if page == "compare":
+        assert at.success and len(at.get("plotly_chart")) == 2  # the sweep is comparable
+
+
+def test_a_failed_run_shows_its_error(home):
+    ids = populate(home)
+    at = open_page("run_detail", run=ids["failed"])
+    assert at.error and "boom" in at.code[0].value
+
+
+def test_the_launch_form_queues_the_chosen_spec(home):
+    at = open_page("launch")
+    at.selectbox(key="model").set_value("mlp")
+    at.multiselect(key="masks").set_value(["magnitude", "wanda"])
+    at.multiselect(key="updates").set_value(["none"])
+    at.text_input(key="sparsities").set_value("0.3")
+    at.number_input(key="n_calib").set_value(32)
+    at.number_input(key="eval_size").set_value(100)
+    at.run()
+    assert "sweep of 2 runs" in at.markdown[-1].value or any("sweep of 2 runs" in m.value for m in at.markdown)
+    at.button[-1].click().run()  # Launch
+    assert not at.exception and at.success
+    runs = RunStore(home).list()
+    assert len(runs) == 2 and {r["sweep_id"] for r in runs} != {None}
+    configs = [r["spec"]["config"] for r in runs]
+    assert {c["mask"] for c in configs} == {"magnitude", "wanda"}
+    assert all(c["sparsity"] == 0.3 and c["reconstruction"] == "none" and c["n_calib"] == 32 for c in configs)
+    assert all(r["spec"]["model"] == "mlp" and r["spec"]["eval_size"] == 100 for r in runs)
+
+
+@pytest.mark.parametrize(
+    "key,value,field",
+    [
+        ("sparsities", "1.5", "sparsity"),
+        ("ks", "-1", "k"),
+        ("sparsities", "half", "sparsity"),
+        ("nm", "5:4", "pattern"),
+    ],
+)
+def test_bad_values_show_an_error_and_store_nothing(home, key, value, field):
+    at = open_page("launch")
+    if key == "nm":
+        at.radio(key="pattern_kind").set_value("N:M").run()
+    at.text_input(key=key).set_value(value).run()
+    assert at.error and field in at.error[0].value
+    assert not [b for b in at.button if b.label == "Launch"]
+    assert RunStore(home).list() == []
+
+
+def test_the_paper_preset_asks_for_a_checkpoint(home):
+    at = open_page("launch")
+    at.selectbox(key="preset").set_value("Paper: ResNet-20 CIFAR-10").run()
+    assert at.selectbox(key="model").value == "resnet20_cifar10"
+    assert at.error and "checkpoint" in at.error[0].value

@@ -1,0 +1,105 @@
+"""Store -> DataFrames (snows_core.frames) and DataFrames -> Plotly figures (snows_core.charts)."""
+
+import pandas as pd
+import pytest
+
+from snows_core import charts
+from snows_core.frames import (
+    comparability,
+    layers_frame,
+    mask_update_matrix,
+    runs_frame,
+    steps_frame,
+    trajectory_frame,
+)
+from snows_core.runs import RunStore
+from tests.store_fixtures import LAYERS, populate
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = RunStore(tmp_path)
+    return store, populate(tmp_path)
+
+
+def test_runs_frame_has_status_progress_and_gain(store):
+    store, ids = store
+    frame = runs_frame(store).set_index("id")
+    assert frame.loc[ids["running"], "progress"] == pytest.approx(1 / 3)
+    assert frame.loc[ids["running"], "layers_total"] == 3 and frame.loc[ids["running"], "status"] == "running"
+    assert frame.loc[ids["done"], "progress"] == 1.0
+    assert frame.loc[ids["done"], "gain"] == pytest.approx(0.91 - 0.8)
+    assert frame.loc[ids["done"], "label"] == "magnitude + snows K=3"
+    assert frame.loc[ids["failed"], "error"].endswith("boom")
+    assert pd.isna(frame.loc[ids["failed"], "top1_final"])
+    assert runs_frame(RunStore(store.home / "empty")).empty
+
+
+def test_steps_layers_and_trajectory_frames(store):
+    store, ids = store
+    events = store.events(ids["done"])
+    steps = steps_frame(events)
+    first = steps[steps["layer"] == LAYERS[0]]
+    assert list(first["step"]) == [0, 1, 2]
+    assert list(first["loss"]) == [1.0, 0.5, pytest.approx(1 / 3)]  # start, then loss after each step
+    assert list(steps["index"].unique()) == [0, 1, 2]
+    layers = layers_frame(events)
+    assert list(layers["name"]) == LAYERS and list(layers["loss_after"]) == pytest.approx([1 / 3, 1 / 6, 1 / 9])
+    assert list(trajectory_frame(events)["top1"]) == pytest.approx([0.9, 0.89, 0.88])
+    assert trajectory_frame(store.events(ids["running"])).empty
+
+
+def test_mask_update_matrix_and_comparability(store):
+    store, _ = store
+    frame = runs_frame(store)
+    top1, gain = mask_update_matrix(frame)
+    assert list(top1.index) == ["magnitude", "wanda"] and list(top1.columns) == ["snows K=0", "snows K=3"]
+    assert top1.loc["wanda", "snows K=3"] == 0.92 and gain.loc["magnitude", "snows K=0"] == pytest.approx(0.1)
+    done = frame[frame["status"] == "done"]
+    assert comparability(done) == []
+    other_seed = done.assign(seed=[0, 1, 0, 0], calib_digest=["a", "b", "a", "a"])
+    reasons = comparability(other_seed)
+    assert any("calibration images" in r for r in reasons) and any(r.startswith("seed") for r in reasons)
+
+
+def test_solve_charts(store):
+    store, ids = store
+    events = store.events(ids["done"])
+    steps, layers = steps_frame(events), layers_frame(events)
+    loss = charts.loss_curves(steps)
+    assert [t.name for t in loss.data] == LAYERS and loss.layout.yaxis.type == "log"
+    assert loss.layout.xaxis.title.text == "Newton step" and list(loss.data[0].y) == [1.0, 0.5, pytest.approx(1 / 3)]
+    cg = charts.cg_iterations(steps)
+    assert [t.name for t in cg.data] == ["step 1", "step 2"] and list(cg.data[0].y) == [10, 10, 10]
+    assert charts.step_sizes(steps).layout.yaxis.title.text == "step size"
+    bars = charts.layer_losses(layers)
+    assert [t.name for t in bars.data] == ["mask only", "lstsq warm start", "final"]
+    cost = charts.layer_cost(layers)
+    assert list(cost.data[1].y) == [1024.0] * 3  # MiB
+    assert list(charts.layer_sparsity(layers).data[0].y) == [0.5] * 3
+    traj = charts.trajectory(trajectory_frame(events), dense=0.93)
+    assert [t.name for t in traj.data] == ["SNOWS", "mask only"] and list(traj.data[0].x) == [1, 2, 3]
+
+
+def test_tradeoff_charts_carry_run_ids(store):
+    store, ids = store
+    done = runs_frame(store).query("status == 'done'")
+    fig = charts.accuracy_vs_sparsity(done)
+    names = sorted(t.name for t in fig.data)
+    assert names == ["magnitude + snows K=0", "magnitude + snows K=3", "wanda + snows K=0", "wanda + snows K=3"]
+    assert fig.layout.xaxis.title.text == "sparsity" and fig.layout.yaxis.title.text == "top-1"
+    trace = next(t for t in fig.data if t.name == "wanda + snows K=3")
+    assert trace.customdata[0][0] == ids["done_wanda"] and list(trace.y) == [0.92]
+    by_k = charts.accuracy_vs_k(done)
+    assert sorted(t.name for t in by_k.data) == ["magnitude @ 0.50", "wanda @ 0.50"]
+    assert list(next(t for t in by_k.data if t.name == "wanda @ 0.50").x) == [0, 3]
+    assert charts.accuracy_vs_cost(done).layout.xaxis.title.text == "seconds"
+    top1, gain = mask_update_matrix(done)
+    heat = charts.matrix_heatmap(top1, gain)
+    assert heat.data[0].text[1][1] == "0.9200<br>+0.1200"
+
+
+def test_mask_heatmap_shows_kept_weights():
+    mask = pd.DataFrame([[1, 0, 1, 0], [0, 1, 1, 0]])
+    fig = charts.mask_heatmap(mask, "2:4")
+    assert fig.data[0].z.tolist() == [[1, 0, 1, 0], [0, 1, 1, 0]] and fig.layout.title.text == "2:4"
