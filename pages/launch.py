@@ -7,6 +7,7 @@ import hashlib
 import streamlit as st
 
 from pages.common import model_label, open_run, store, zoo
+from snows_core import __version__
 from snows_core.config import PruneConfig
 from snows_core.data import list_datasets
 from snows_core.forecast import forecast, probe
@@ -16,6 +17,7 @@ from snows_core.runs import RunSpec
 from snows_core.runs.sweep import grid_specs, submit_all
 
 DEFAULTS = PruneConfig()
+OWN_DATASET = "(the model's own)"
 PRESETS = {
     "Teaching demo (under a minute on a laptop CPU)": {
         "model": "resnet20",
@@ -48,7 +50,7 @@ PRESETS = {
 }
 FORM_DEFAULTS = {
     "model": "resnet20",
-    "dataset": None,
+    "dataset": OWN_DATASET,
     "masks": ["magnitude"],
     "updates": ["snows"],
     "pattern_kind": "unstructured",
@@ -113,7 +115,7 @@ def build_specs() -> list[RunSpec]:
     nm = s["pattern_kind"] == "N:M"
     base = RunSpec(
         model=s["model"],
-        dataset=s.get("dataset") or None,
+        dataset=None if s["dataset"] == OWN_DATASET else s["dataset"],
         config=PruneConfig(
             sparsity=None if nm else 0.5,
             pattern=s["nm"].strip() if nm else "unstructured",
@@ -174,9 +176,9 @@ with left:
         )
     st.selectbox(
         "Dataset",
-        [None, *list_datasets()],
+        [OWN_DATASET, *list_datasets()],
         key="dataset",
-        format_func=lambda d: f"the model's own ({info.dataset})" if d is None else d,
+        format_func=lambda d: f"the model's own ({info.dataset})" if d == OWN_DATASET else d,
     )
     st.text_input("Data location", key="data_root", help="An .npz file or a folder; empty: the default location")
     st.multiselect(
@@ -218,13 +220,17 @@ except (ValueError, FileNotFoundError) as err:
     st.stop()
 
 probed = cached_probe(specs[0].model, min(specs[0].config.batch_size, 64), specs[0].config.device)
-estimates = [forecast(spec, probed, store()) for spec in specs]
-total = sum(e.seconds for e in estimates)
-worst = max(estimates, key=lambda e: e.peak_bytes)
+reused = [spec for spec in specs if store().find_done(spec.content_hash(), __version__)]
+estimates = [forecast(spec, probed, store()) for spec in specs if spec not in reused]
 kind = "run" if len(specs) == 1 else f"sweep of {len(specs)} runs"
 st.subheader("Forecast")
-st.write(f"A {kind}: about **{total:.0f} s** in all on this machine; per run {worst.message()}.")
-if not worst.fits:
+if reused:
+    st.write(f"{len(reused)} of the {len(specs)} already finished here with this exact spec: reused, not recomputed.")
+if estimates:
+    worst = max(estimates, key=lambda e: e.peak_bytes)
+    total = sum(e.seconds for e in estimates)
+    st.write(f"A {kind}: about **{total:.0f} s** in all on this machine; per run {worst.message()}.")
+if estimates and not worst.fits:
     st.error("This does not fit in the memory available: lower the calibration images or the batch size.")
     st.stop()
 

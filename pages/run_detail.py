@@ -47,7 +47,7 @@ def header(row: pd.Series) -> None:
     c.metric(
         "final",
         percent(row["top1_final"]),
-        delta=None if pd.isna(row["gain"]) else f"{row['gain']:+.2%} over mask only",
+        delta=None if pd.isna(row["gain"]) else f"{100 * row['gain']:+.1f} points over mask only",
     )
     d.metric("seconds", "" if pd.isna(row["seconds"]) else f"{row['seconds']:.1f}")
     if row["status"] == "failed":

@@ -18,7 +18,7 @@ if done.empty:
     st.stop()
 
 a, b, c = st.columns(3)
-models = sorted(done["model"].unique())
+models = list(done["model"].value_counts().index)  # the most explored model first
 model = a.selectbox("Model", models, key="tradeoff_model")
 subset = done[done["model"] == model]
 dataset = b.selectbox("Dataset", sorted(subset["dataset"].unique()), key="tradeoff_dataset")

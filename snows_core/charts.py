@@ -43,6 +43,7 @@ def loss_curves(steps: pd.DataFrame) -> go.Figure:
     fig = _figure("Reconstruction loss per Newton step", "Newton step", "K-window loss", log_y=True)
     for layer, rows in steps.sort_values(["index", "step"]).groupby("layer", sort=False):
         fig.add_scatter(x=rows["step"], y=rows["loss"], mode="lines+markers", name=str(layer))
+    fig.update_xaxes(dtick=1)
     return fig
 
 

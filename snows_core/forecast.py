@@ -4,9 +4,10 @@ Two sources, best first:
 1. past runs on this machine: done runs of the same model, dataset, update, K, calibration size,
    Newton passes and CG iterations; their median seconds and largest peak memory;
 2. a probe: one timed forward pass of the model on a calibration-sized batch, with the activation
-   sizes of its layers, turned into seconds by counting dense-forward equivalents (DFE) per layer as
-   measured on ResNet-20 (README, Benchmarks): a Newton step costs about 4 window forwards per CG
-   iteration plus the line search, and a window spans about (K + 2) / layers of the network.
+   sizes of its layers, turned into seconds by counting dense-forward equivalents (DFE) per layer,
+   fitted end to end on the zoo's ResNet-20 (bench_queue.py sweep: 7-13 s of pruning at K 0-3): a
+   Newton step costs about 2 window forwards per CG iteration plus 4 for the line search, and a window
+   spans about (K + 2) / layers of the network. Expect it within a factor of 2 either way.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ __all__ = ["Forecast", "Probe", "probe", "forecast", "available_memory"]
 
 STARTUP_SECONDS = 4.0  # spawn a worker, import torch, load data (bench_queue.py: first event 3.9-4.3 s after submit)
 TORCH_BASE_BYTES = 1 << 30  # a CPU worker's resident size before any tensor (torch itself)
-HVP_FORWARDS = 4.0  # an exact HVP costs about 4 window forwards on CPU (README, Benchmarks)
-LINE_SEARCH_FORWARDS = 8.0
+HVP_FORWARDS = 2.0
+LINE_SEARCH_FORWARDS = 4.0
 FIT_FRACTION = 0.9
 
 
@@ -79,9 +80,7 @@ def probe(model: str, batch: int = 64, device: str = "auto") -> Probe:
         network(x)  # warm-up, and the activation sizes
         for h in hooks:
             h.remove()
-        tic = time.perf_counter()
-        network(x)
-        seconds = time.perf_counter() - tic
+        seconds = min(_timed(network, x) for _ in range(3))
     return Probe(
         seconds_per_image=seconds / batch,
         activation_bytes_per_image=sum(sizes) // batch,
@@ -89,6 +88,12 @@ def probe(model: str, batch: int = 64, device: str = "auto") -> Probe:
         param_bytes=sum(p.numel() * p.element_size() for p in network.parameters()),
         layers=len(default_layers(trace(network))),
     )
+
+
+def _timed(network: torch.nn.Module, x: torch.Tensor) -> float:
+    tic = time.perf_counter()
+    network(x)
+    return time.perf_counter() - tic
 
 
 def forecast(spec: RunSpec, probed: Probe, store: RunStore | None = None) -> Forecast:

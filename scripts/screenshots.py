@@ -1,0 +1,59 @@
+"""Screenshots of every page for the README, taken in headless Debian Chromium against a given store.
+
+    .venv/bin/python scripts/screenshots.py --home STORE --out assets/screenshots [--run RUN_ID]
+
+STORE should hold some finished runs (e.g. the sweep of benchmarks/bench_queue.py). The Learn page's
+tiny solve is queued in STORE and waited for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser import chromium, select_option, serve_app  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "screenshots")
+    parser.add_argument("--run", default=None, help="the run shown on the detail page (default: the newest)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with serve_app(args.home, args.out.parent / "streamlit-screenshots.log") as url, chromium(1400, 1800) as page:
+
+        def shoot(name: str, wait_for: str = "", delay: int = 2500) -> None:
+            if wait_for:
+                page.locator(wait_for).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(delay)
+            page.screenshot(path=str(args.out / f"{name}.png"))
+
+        page.goto(url + "/")
+        page.get_by_text("Launch a pruning run").wait_for(timeout=60_000)
+        select_option(page, "Preset", "Magnitude vs Wanda at K = 0 and 3 (resnet20)")
+        page.get_by_text("Forecast").wait_for(timeout=60_000)
+        shoot("launch")
+        for link, name, selector in (
+            ("Runs", "runs", "[data-testid=stDataFrame]"),
+            ("Trade-offs", "tradeoffs", ".js-plotly-plot"),
+            ("Compare", "compare", ".js-plotly-plot"),
+        ):
+            page.get_by_role("link", name=link).first.click()
+            shoot(name, selector)
+        page.goto(url + "/run_detail" + (f"?run={args.run}" if args.run else ""))
+        shoot("run_detail", ".js-plotly-plot")
+        page.get_by_role("link", name="Learn").first.click()
+        page.get_by_role("button", name="Run the tiny solve").click()
+        page.get_by_text("Newton step", exact=True).first.wait_for(timeout=120_000)
+        shoot("learn", ".js-plotly-plot")
+    (args.out.parent / "streamlit-screenshots.log").unlink(missing_ok=True)
+    print(f"wrote {sorted(p.name for p in args.out.glob('*.png'))} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
