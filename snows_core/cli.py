@@ -222,7 +222,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run))
     else:
-        print("\n".join(f"{key}: {value}" for key, value in run.items() if key != "spec"))
+        print("\n".join(f"{key}: {value}" for key, value in run.items() if key not in ("spec", "calib_ids")))
     return 0
 
 

@@ -82,10 +82,10 @@ def bridge(home: Path, address: str) -> None:
         except BlockingIOError:
             return
         with distributed.Client(address, timeout=CONNECT_TIMEOUT) as client:
-            Served(store, address, client).serve()
+            _Bridge(store, address, client).serve()
 
 
-class Served:
+class _Bridge:
     """The bridge's state: the futures it holds, keyed by run id, and the events queue they feed."""
 
     def __init__(self, store: RunStore, address: str, client: Any) -> None:
