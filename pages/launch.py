@@ -71,8 +71,10 @@ FORM_DEFAULTS = {
     "trajectory": False,
     "data_root": "",
 }
+SAVED = "launch_form"  # plain state: Streamlit drops widget state while another page is shown
+saved = st.session_state.setdefault(SAVED, {})
 for key, value in FORM_DEFAULTS.items():
-    st.session_state.setdefault(key, value)
+    st.session_state.setdefault(key, saved.get(key, value))
 
 
 def apply_preset() -> None:
@@ -212,6 +214,8 @@ with st.expander("Advanced"):
     c.number_input("Seed", min_value=0, key="seed")
     c.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
     a.checkbox("Least-squares warm start", key="warm_start")
+
+st.session_state[SAVED] = {key: st.session_state[key] for key in FORM_DEFAULTS}
 
 try:
     specs = build_specs()

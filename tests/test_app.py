@@ -95,3 +95,11 @@ def test_the_paper_preset_asks_for_a_checkpoint(home):
     at.selectbox(key="preset").set_value("Paper: ResNet-20 CIFAR-10").run()
     assert at.selectbox(key="model").value == "resnet20_cifar10"
     assert at.error and "checkpoint" in at.error[0].value
+
+
+def test_the_launch_form_keeps_its_values_across_pages(home):
+    at = open_page("launch")
+    at.text_input(key="sparsities").set_value("0.8").run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/launch.py").run()
+    assert at.text_input(key="sparsities").value == "0.8"
