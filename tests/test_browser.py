@@ -1,7 +1,8 @@
 """A real browser: headless Debian Chromium through Playwright against `streamlit run app.py`.
 
-Opens /, launches the teaching demo through the form, waits on the Runs page until it is done, opens
-its detail page, checks that the Plotly charts rendered, and saves screenshots (into $SNOWS_SCREENSHOTS
+Opens /, launches the teaching demo through the form, waits on the Runs page until it is done, clicks
+its point on the Trade-offs page, which opens its detail page, checks that the Plotly charts rendered,
+and saves screenshots (into $SNOWS_SCREENSHOTS
 when set, else the test's temporary folder).
 """
 
@@ -42,7 +43,12 @@ def test_launch_a_teaching_demo_and_see_its_charts(home, tmp_path):
         assert run["status"] == "done" and run["spec"]["config"]["sparsity"] == 0.9
         assert seconds < 60, f"the teaching demo took {seconds:.0f} s"
 
-        page.get_by_role("link", name="Run detail").first.click()
+        page.get_by_role("link", name="Trade-offs").first.click()
+        point = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace .points path").first
+        point.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        point.click(force=True)  # a point opens its run
+        page.wait_for_url(f"**/run_detail?run={run['id']}", timeout=30_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
         page.wait_for_timeout(1500)  # let every chart draw
         assert page.locator(".js-plotly-plot").count() >= 3
