@@ -18,11 +18,12 @@ if len(done) < 2:
 
 latest_sweep = done["sweep_id"].dropna()
 default = list(done[done["sweep_id"] == latest_sweep.iloc[0]]["id"]) if not latest_sweep.empty else list(done["id"][:2])
+by_id = done.set_index("id")
 chosen = st.multiselect(
     "Runs",
-    list(done["id"]),
+    list(by_id.index),
     default=default[:8],
-    format_func=lambda i: f"{i} ({done.set_index('id').loc[i, 'label']}, {done.set_index('id').loc[i, 'sparsity']})",
+    format_func=lambda i: f"{i} ({by_id.loc[i, 'label']}, sparsity {by_id.loc[i, 'sparsity']})",
     key="compare_runs",
 )
 picked = done[done["id"].isin(chosen)]

@@ -16,12 +16,13 @@ if frame.empty:
     st.stop()
 
 wanted = st.query_params.get("run") or st.session_state.get("run")
-ids = list(frame["id"])
+by_id = frame.set_index("id")
+ids = list(by_id.index)
 run_id = st.selectbox(
     "Run",
     ids,
     index=ids.index(wanted) if wanted in ids else 0,
-    format_func=lambda i: f"{i}  ({frame.set_index('id').loc[i, 'status']}, {frame.set_index('id').loc[i, 'label']})",
+    format_func=lambda i: f"{i}  ({by_id.loc[i, 'status']}, {by_id.loc[i, 'label']})",
 )
 st.query_params["run"] = run_id
 st.session_state["run"] = run_id
@@ -97,15 +98,13 @@ def body(row: pd.Series) -> None:
             st.plotly_chart(charts.trajectory(points, row["top1_dense"]), key="trajectory")
 
 
-@st.fragment(
-    run_every=REFRESH_SECONDS if frame.set_index("id").loc[run_id, "status"] in ("queued", "running") else None
-)
+@st.fragment(run_every=REFRESH_SECONDS if by_id.loc[run_id, "status"] in ("queued", "running") else None)
 def live() -> None:
     current = runs().set_index("id").loc[run_id]
     row = pd.concat([pd.Series({"id": run_id}), current])
     header(row)
     body(row)
-    if current["status"] != frame.set_index("id").loc[run_id, "status"]:
+    if current["status"] != by_id.loc[run_id, "status"]:
         st.rerun()  # the run finished: one last full render, then stop refreshing
 
 
