@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import streamlit as st
 
@@ -143,8 +144,14 @@ def build_specs() -> list[RunSpec]:
     if not nm:
         axes["sparsity"] = numbers(s["sparsities"], float, "sparsity")
     specs = grid_specs(base, axes)
-    base.check_inputs()
+    checked_inputs(json.dumps(base.to_dict(), sort_keys=True))
     return specs
+
+
+@st.cache_data(show_spinner="Checking the model and data...")
+def checked_inputs(spec: str) -> None:
+    """RunSpec.check_inputs, remembered per spec (a failure is not cached, so a fixed input passes)."""
+    RunSpec.from_dict(json.loads(spec)).check_inputs()
 
 
 @st.cache_data(show_spinner="Probing the model (one forward pass)...")
@@ -169,13 +176,12 @@ left, right = st.columns(2)
 with left:
     st.selectbox("Model", zoo(), key="model", format_func=model_label)
     info = model_info(st.session_state["model"])
-    if info.weights is None:
-        st.file_uploader(
-            "Checkpoint (.th, .pt or .safetensors)",
-            type=["th", "pt", "pth", "safetensors"],
-            key="checkpoint",
-            help=info.checkpoint_hint,
-        )
+    st.file_uploader(
+        "Checkpoint (.th, .pt or .safetensors)" + ("" if info.weights is None else ": optional, your own weights"),
+        type=["th", "pt", "pth", "safetensors"],
+        key="checkpoint",
+        help=info.checkpoint_hint or "Weights for this architecture to prune instead of the shipped ones.",
+    )
     st.selectbox(
         "Dataset",
         [OWN_DATASET, *list_datasets()],

@@ -103,3 +103,17 @@ def test_the_launch_form_keeps_its_values_across_pages(home):
     at.switch_page("pages/runs.py").run()
     at.switch_page("pages/launch.py").run()
     assert at.text_input(key="sparsities").value == "0.8"
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused(home):
+    at = open_page("launch")
+    at.number_input(key="n_calib").set_value(60_000)
+    at.number_input(key="batch_size").set_value(60_000).run()
+    assert at.error and "does not fit" in at.error[0].value
+    assert not [b for b in at.button if b.label == "Launch"]
+
+
+def test_more_calibration_images_than_the_data_holds_is_refused(home):
+    at = open_page("launch")
+    at.number_input(key="n_calib").set_value(70_000).run()
+    assert at.error and "n_calib" in at.error[0].value

@@ -71,7 +71,9 @@ class RunSpec:
         if ":" not in self.model and self.checkpoint is None and model_info(self.model).weights is None:
             hint = model_info(self.model).checkpoint_hint
             raise ValueError(f"model {self.model} ships no weights: give a checkpoint. {hint}".strip())
-        load_dataset(self.dataset, "test", self.data_root)  # raises naming what to install or where to point
+        train = load_dataset(self.dataset, "train", self.data_root)  # raises naming what to install or where
+        if self.config.n_calib > len(train):
+            raise ValueError(f"n_calib is {self.config.n_calib} but the {self.dataset} train split holds {len(train)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
