@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import streamlit as st
 
@@ -102,7 +103,7 @@ def uploaded_checkpoint() -> str | None:
     data = upload.getvalue()
     folder = store().home / "uploads"
     folder.mkdir(exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{upload.name}"
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{Path(upload.name).name}"
     if not path.exists():
         path.write_bytes(data)
     return str(path)
