@@ -99,6 +99,20 @@ def test_export_refuses_unfinished_runs_and_import_refuses_non_bundles(tmp_path)
     assert len(store.list()) == 1 and not (store.home / "runs").exists()
 
 
+@pytest.mark.parametrize("bad_id", ["../../outside", "20261126-142233-..", "x"])
+def test_import_refuses_run_ids_that_are_not_ids(finished, tmp_path, bad_id):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    manifest = json.loads((out / "bundle.json").read_text())
+    manifest["run"]["id"] = bad_id
+    (out / "bundle.json").write_text(json.dumps(manifest))
+    (tmp_path / "outside").mkdir()
+    other = RunStore(tmp_path / "home" / "deep")
+    with pytest.raises(ValueError, match="not a run id"):
+        import_bundle(other, out)
+    assert (tmp_path / "outside").exists() and other.list() == []
+
+
 def test_a_store_from_the_previous_version_gains_the_new_columns(tmp_path):
     db = sqlite3.connect(tmp_path / "runs.db")
     db.execute(

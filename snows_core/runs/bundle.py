@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,8 @@ from snows_core.runs.store import FINAL, RunStore
 __all__ = ["export_bundle", "import_bundle", "BUNDLE_FORMAT"]
 
 BUNDLE_FORMAT = "snows-run-bundle/1"
+RUN_ID = re.compile(r"\d{8}-\d{6}-[\w.-]+")  # a store's own ids; nothing that leaves $SNOWS_HOME/runs/
+REQUIRED_RUN_FIELDS = ("id", "status", "version", "created")
 ARTIFACTS = ("model.safetensors", "masks.safetensors", "report.json")
 LAYER_COLUMNS = (
     "name",
@@ -89,7 +92,14 @@ def import_bundle(store: RunStore, folder: str | Path) -> str:
     bundle = json.loads(manifest.read_text())
     if bundle.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"bundle format must be {BUNDLE_FORMAT!r}; got {bundle.get('format')!r}")
+    missing = [key for key in REQUIRED_RUN_FIELDS if key not in bundle.get("run", {})] + [
+        key for key in ("spec",) if key not in bundle
+    ]
+    if missing:
+        raise ValueError(f"bundle.json lacks {', '.join(missing)}")
     run = {**bundle["run"], "spec": bundle["spec"], "imported_from": _origin(bundle, folder)}
+    if not RUN_ID.fullmatch(str(run["id"])) or ".." in run["id"]:
+        raise ValueError(f"bundle run id {run['id']!r} is not a run id (such as 20261126-142233-resnet20-a1b2c3)")
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if line.strip()]
     try:
         store.get(run["id"])
