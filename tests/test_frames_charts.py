@@ -17,9 +17,10 @@ from tests.store_fixtures import LAYERS, populate
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = RunStore(tmp_path)
-    return store, populate(tmp_path)
+def store(home):
+    """The populated store; `home` stops its stand-in worker afterwards."""
+    store = RunStore(home)
+    return store, populate(home)
 
 
 def test_runs_frame_has_status_progress_and_gain(store):
