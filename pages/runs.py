@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -74,7 +73,6 @@ def actions(selected: list[str], frame) -> None:
         if st.button("Delete for good", type="primary"):
             for run_id in finished["id"]:
                 store().delete(run_id)
-                shutil.rmtree(store().run_dir(run_id), ignore_errors=True)
             st.rerun()
     if len(selected) == 1 and selected[0] in set(finished["id"]):
         cols[4].download_button(

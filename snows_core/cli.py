@@ -18,7 +18,7 @@ from snows_core.config import PruneConfig
 from snows_core.data import calibration_images, list_datasets, load_dataset
 from snows_core.events import Event
 from snows_core.metrics import evaluate
-from snows_core.models import create_model, list_models, model_info
+from snows_core.models import create_model, default_dataset, list_models
 from snows_core.prune import prune_model, resolve_device
 from snows_core.report import PruneResult
 from snows_core.runs import RunSpec, RunStore
@@ -149,7 +149,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 def _prune(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     model = create_model(args.model, checkpoint=args.checkpoint)
-    dataset = args.dataset or _model_dataset(args.model)
+    dataset = args.dataset or default_dataset(args.model)
     calib = calibration_images(load_dataset(dataset, "train", args.data_root), config.n_calib, config.seed)
     test = load_dataset(dataset, "test", args.data_root)
     device = resolve_device(config.device)
@@ -218,7 +218,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     store = _reaped_store()
-    run = _run_summary(store, store.get(args.run))
+    (run,) = _run_summaries(store, [store.get(args.run)])
     if args.json:
         print(json.dumps(run))
     else:
@@ -233,7 +233,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     store = _reaped_store()
-    runs = [_run_summary(store, run) for run in store.list()]
+    runs = _run_summaries(store, store.list())
     if args.json:
         print(json.dumps(runs))
         return 0
@@ -270,23 +270,15 @@ def _reaped_store() -> RunStore:
     return store
 
 
-def _run_summary(store: RunStore, run: dict) -> dict:
-    """A run row plus its result and progress through the layers, JSON-ready."""
-    events = store.events(run["id"])
-    started = next((e for e in events if e["kind"] == "run_started"), None)
-    layers_done = sum(e["kind"] == "layer_done" for e in events)
-    return {
-        **run,
-        "layers_done": layers_done,
-        "layers_total": len(started["layers"]) if started else None,
-        **(store.result(run["id"]) or {}),
-    }
-
-
-def _model_dataset(name: str) -> str:
-    if ":" in name:
-        return "imagefolder"
-    return model_info(name).dataset
+def _run_summaries(store: RunStore, runs: list[dict]) -> list[dict]:
+    """Each run row plus its result and progress through the layers, JSON-ready (one query for all progress)."""
+    progress = store.progress()
+    summaries = []
+    for run in runs:
+        layers_done, layers_total = progress.get(run["id"], (0, None))
+        summary = {**run, "layers_done": layers_done, "layers_total": layers_total}
+        summaries.append({**summary, **(store.result(run["id"]) or {})})
+    return summaries
 
 
 class ProgressBar:

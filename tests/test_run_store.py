@@ -81,6 +81,19 @@ def test_only_done_runs_of_the_same_version_are_reused(tmp_path):
     assert store.find_done(s.content_hash(), "v2") is None
 
 
+def test_delete_forgets_the_run_its_events_result_and_artifacts(tmp_path):
+    store = RunStore(tmp_path)
+    run, kept = store.create(spec(), "v1"), store.create(spec(), "v1")
+    store.claim_next(pid=1)
+    store.append_event(run, "layer_done", {"layer": "1"})
+    store.finish(run, RunStatus.DONE, {"top1_final": 0.9})
+    store.run_dir(run).mkdir(parents=True)
+    (store.run_dir(run) / "model.safetensors").write_bytes(b"weights")
+    store.delete(run)
+    assert [r["id"] for r in store.list()] == [kept]
+    assert store.events(run) == [] and store.result(run) is None and not store.run_dir(run).exists()
+
+
 def test_dead_workers_are_marked_failed(tmp_path):
     store = RunStore(tmp_path)
     alive, dead = store.create(spec(), "v1"), store.create(spec(), "v1")

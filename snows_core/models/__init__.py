@@ -1,12 +1,20 @@
 """Model zoo: a registry of architectures, checkpoint loading, and the CIFAR ResNet family."""
 
 from snows_core.models import resnet_cifar, zoo  # noqa: F401  (registers the models)
-from snows_core.models._registry import ModelInfo, create_model, list_models, model_info, register_model
+from snows_core.models._registry import (
+    ModelInfo,
+    create_model,
+    default_dataset,
+    list_models,
+    model_info,
+    register_model,
+)
 from snows_core.models.checkpoint import load_weights, read_state_dict
 
 __all__ = [
     "ModelInfo",
     "create_model",
+    "default_dataset",
     "list_models",
     "model_info",
     "register_model",

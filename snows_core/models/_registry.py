@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from snows_core.models.checkpoint import load_weights
 
-__all__ = ["ASSETS", "ModelInfo", "register_model", "create_model", "list_models", "model_info"]
+__all__ = ["ASSETS", "ModelInfo", "register_model", "create_model", "list_models", "model_info", "default_dataset"]
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 HUBS = ("timm", "torchvision")
@@ -90,6 +90,14 @@ def model_info(name: str) -> ModelInfo:
         known = ", ".join(map(repr, list_models()))
         raise ValueError(f"model must be one of {known}, or timm:NAME / torchvision:NAME; got {name!r}")
     return _MODELS[name]
+
+
+def default_dataset(name: str) -> str:
+    """The dataset a model is pruned and scored on unless told otherwise: its own, or an image folder for hub names."""
+    hub, _, hub_name = name.partition(":")
+    if hub in HUBS and hub_name:
+        return "imagefolder"
+    return model_info(name).dataset
 
 
 def list_models(pattern: str = "*") -> list[str]:

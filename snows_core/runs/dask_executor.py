@@ -17,11 +17,9 @@ Dask is optional: ``pip install dask distributed`` (requirements-dev.txt install
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from snows_core.runs.executor import exclusive, start_detached
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
@@ -55,31 +54,17 @@ def check_scheduler(address: str) -> None:
 
 def ensure_bridge(home: Path, address: str) -> None:
     """Start a detached bridge for (`home`, `address`) unless one holds its lock."""
-    with open(_lock_path(home, address), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    with open(home / "dask-bridge.log", "a") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "snows_core.runs.dask_executor", str(home), address],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
+    start_detached(
+        _lock_path(home, address), home / "dask-bridge.log", "snows_core.runs.dask_executor", str(home), address
+    )
 
 
 def bridge(home: Path, address: str) -> None:
     """Serve the runs queued for `address` until none is left (one bridge per home and scheduler)."""
     distributed = _distributed()
     store = RunStore(home)
-    with open(_lock_path(home, address), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with exclusive(_lock_path(home, address)) as held:
+        if not held:
             return
         with distributed.Client(address, timeout=CONNECT_TIMEOUT) as client:
             _Bridge(store, address, client).serve()

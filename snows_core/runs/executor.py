@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,7 +31,16 @@ from snows_core.events import Event
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
-__all__ = ["submit", "reap", "ensure_dispatcher", "dispatch", "worker_main", "RunCancelled"]
+__all__ = [
+    "submit",
+    "reap",
+    "ensure_dispatcher",
+    "dispatch",
+    "worker_main",
+    "RunCancelled",
+    "exclusive",
+    "start_detached",
+]
 
 HEARTBEAT_SECONDS = 2.0
 STALE_SECONDS = 30.0  # a running run with no heartbeat this long is failed
@@ -69,15 +80,29 @@ def reap(store: RunStore) -> list[str]:
 
 def ensure_dispatcher(home: Path) -> None:
     """Start a detached dispatcher for `home` unless one holds the lock."""
-    with open(home / "dispatcher.lock", "a") as lock:
+    start_detached(home / "dispatcher.lock", home / "dispatcher.log", "snows_core.runs.executor", str(home))
+
+
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[bool]:
+    """Hold the exclusive lock on `lock_path` for the block; yields False (holding nothing) if another has it."""
+    with open(lock_path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return  # a dispatcher is alive
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    with open(home / "dispatcher.log", "a") as log:  # the child keeps its own copy of the descriptor
+            yield False
+            return
+        yield True  # closing the file releases the lock
+
+
+def start_detached(lock_path: Path, log_path: Path, module: str, *args: str) -> None:
+    """Run ``python -m module args`` detached from this process, unless a live one holds `lock_path`."""
+    with exclusive(lock_path) as free:
+        if not free:
+            return
+    with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
         subprocess.Popen(
-            [sys.executable, "-m", "snows_core.runs.executor", str(home)],
+            [sys.executable, "-m", module, *args],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -89,10 +114,8 @@ def ensure_dispatcher(home: Path) -> None:
 def dispatch(home: Path) -> None:
     """Serve the queue until it has been empty and idle for a few seconds (one dispatcher per home)."""
     store = RunStore(home)
-    with open(home / "dispatcher.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with exclusive(home / "dispatcher.lock") as held:
+        if not held:
             return
         ctx = multiprocessing.get_context("spawn")
         workers: dict[str, multiprocessing.Process] = {}

@@ -43,7 +43,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         from snows_core.data import list_datasets
-        from snows_core.models import model_info
+        from snows_core.models import default_dataset, model_info
 
         if not isinstance(self.config, PruneConfig):
             raise ValueError(f"config must be a PruneConfig; got {type(self.config).__name__}")
@@ -51,7 +51,7 @@ class RunSpec:
         if not (hub in ("timm", "torchvision") and name):
             model_info(self.model)  # raises ValueError naming "model" and the known names
         if self.dataset is None:
-            object.__setattr__(self, "dataset", "imagefolder" if name else model_info(self.model).dataset)
+            object.__setattr__(self, "dataset", default_dataset(self.model))
         if self.dataset not in list_datasets():
             raise ValueError(f"dataset must be one of {', '.join(map(repr, list_datasets()))}; got {self.dataset!r}")
         if self.eval_size is not None and (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -301,8 +302,10 @@ class RunStore:
         return dead
 
     def delete(self, run_id: str) -> None:
+        """Forget a run (its events and result go with it) and remove its artifacts."""
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
