@@ -13,7 +13,7 @@ from snows_core import __version__
 from snows_core.config import PruneConfig
 from snows_core.data import list_datasets
 from snows_core.forecast import forecast, probe
-from snows_core.masks import list_mask_methods
+from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
 from snows_core.runs import RunSpec
 from snows_core.runs.sweep import grid_specs, submit_all
@@ -58,6 +58,7 @@ FORM_DEFAULTS = {
     "pattern_kind": "unstructured",
     "nm": "2:4",
     "allocation": DEFAULTS.allocation,
+    "stages": DEFAULTS.stages,
     "sparsities": "0.5",
     "ks": str(DEFAULTS.k),
     "n_calib": DEFAULTS.n_calib,
@@ -123,7 +124,8 @@ def build_specs() -> list[RunSpec]:
         config=PruneConfig(
             sparsity=None if nm else 0.5,
             pattern=s["nm"].strip() if nm else "unstructured",
-            allocation=s["allocation"],
+            allocation=s["allocation"] if not nm else "uniform",
+            stages=int(s["stages"]),
             mask=s["masks"][0],
             reconstruction=s["updates"][0],
             n_calib=int(s["n_calib"]),
@@ -205,7 +207,21 @@ with right:
         st.text_input("N:M", key="nm", help="Keep N of every M weights along the inputs, e.g. 2:4")
     else:
         st.text_input("Sparsities", key="sparsities", help="Fraction of weights zeroed; comma-separated for a sweep")
-        st.radio("Allocation", ["uniform", "global"], key="allocation", horizontal=True)
+        st.radio(
+            "Allocation",
+            list_allocations(),
+            key="allocation",
+            horizontal=True,
+            help="How many weights each layer keeps: uniform; global (one ranking over all layers); lamp "
+            "(LAMP scores); sensitivity (a per-layer scan first, then the least summed loss)",
+        )
+    st.number_input(
+        "Stages",
+        min_value=1,
+        key="stages",
+        help="Passes that reach the sparsity gradually (cubic schedule), re-choosing the masks from the "
+        "reconstructed weights each time. Costs about one run per stage.",
+    )
     st.text_input("K (reconstruction depth)", key="ks", help="Operations deeper to reconstruct; comma-separated")
     st.number_input("Test images scored (0: all)", min_value=0, step=500, key="eval_size")
     st.checkbox("Record the accuracy trajectory (top-1 after every layer)", key="trajectory")

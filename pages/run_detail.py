@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages.common import REFRESH_SECONDS, empty_state, percent, runs, store
 from snows_core import charts
-from snows_core.frames import layers_frame, steps_frame, trajectory_frame
+from snows_core.frames import allocation_frame, layers_frame, scan_frame, steps_frame, trajectory_frame
 
 st.title("Run detail")
 frame = runs()
@@ -32,8 +32,11 @@ def header(row: pd.Series) -> None:
     spec = store().get(row["id"])["spec"]
     config = spec["config"]
     pattern = config["pattern"] if config["pattern"] != "unstructured" else f"{config['sparsity']:.0%} unstructured"
+    stages = config.get("stages", 1)
     st.markdown(
-        f"**{row['model']}** on {row['dataset']} · {pattern} ({config['allocation']}) · mask **{row['mask']}** · "
+        f"**{row['model']}** on {row['dataset']} · {pattern} ({config['allocation']}"
+        + (f", {stages} stages" if stages > 1 else "")
+        + f") · mask **{row['mask']}** · "
         f"update **{row['reconstruction']}**"
         + (f" K={row['k']}" if row["reconstruction"] == "snows" else "")
         + f" · {config['n_calib']} calibration images · seed {config['seed']} · status **{row['status']}**"
@@ -41,7 +44,9 @@ def header(row: pd.Series) -> None:
     if row["status"] in ("queued", "running"):
         total = row["layers_total"]
         done = int(row["layers_done"])
-        st.progress(float(row["progress"]), text=f"{done} of {total or '?'} layers")
+        st.progress(
+            float(row["progress"]), text=f"{done} of {total or '?'} layers" + (" (all passes)" if stages > 1 else "")
+        )
     a, b, c, d = st.columns(4)
     a.metric("top-1 dense", percent(row["top1_dense"]))
     b.metric("mask only", percent(row["top1_mask_only"]))
@@ -60,8 +65,10 @@ def header(row: pd.Series) -> None:
 
 def body(row: pd.Series) -> None:
     events = store().events(row["id"])
-    steps, layers, points = steps_frame(events), layers_frame(events), trajectory_frame(events)
-    if steps.empty and layers.empty:
+    steps, passes, points = steps_frame(events), layers_frame(events), trajectory_frame(events)
+    layers = layers_frame(events, last_pass_only=True)
+    allocated, scan = allocation_frame(events), scan_frame(events)
+    if steps.empty and layers.empty and scan.empty:
         st.info(
             "No Newton step yet: the run is "
             + (
@@ -73,7 +80,7 @@ def body(row: pd.Series) -> None:
             )
         )
         return
-    solve, per_layer, through = st.tabs(["Newton-CG solve", "Per layer", "Trajectory"])
+    solve, per_layer, allocation, through = st.tabs(["Newton-CG solve", "Per layer", "Allocation", "Trajectory"])
     with solve:
         if not steps.empty:
             st.plotly_chart(charts.loss_curves(steps), key="loss_curves")
@@ -86,11 +93,28 @@ def body(row: pd.Series) -> None:
         if layers.empty:
             st.caption("No layer finished yet.")
         else:
+            if passes["stage"].nunique() > 1:
+                st.plotly_chart(charts.pass_losses(passes), key="pass_losses")
+                st.caption("Charts below: each layer's last pass, what the final network holds.")
             st.plotly_chart(charts.layer_losses(layers), key="layer_losses")
             left, right = st.columns(2)
             left.plotly_chart(charts.layer_cost(layers), key="layer_cost")
             right.plotly_chart(charts.layer_sparsity(layers), key="layer_sparsity")
-            st.dataframe(layers.drop(columns=["index"]), hide_index=True)
+            st.dataframe(passes.drop(columns=["index"]), hide_index=True)
+    with allocation:
+        if not scan.empty:
+            st.plotly_chart(charts.allocation_heatmap(scan, allocated), key="scan")
+            st.caption(
+                "Each layer pruned alone at each sparsity (the rest dense): the MSE of the network's logits "
+                "against the dense network's. The allocation keeps the summed loss lowest at the overall target."
+            )
+        if allocated.empty:
+            st.caption("Not recorded for this run.")
+        else:
+            st.plotly_chart(
+                charts.layer_sparsity(allocated.rename(columns={"layer": "name"}), "Allocated sparsity per layer"),
+                key="allocated",
+            )
     with through:
         if points.empty:
             st.caption("Not recorded for this run: tick *Record the accuracy trajectory* when launching.")

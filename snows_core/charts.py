@@ -5,6 +5,7 @@ Every trade-off point carries its run id in `customdata`, so a click in the app 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -16,6 +17,8 @@ __all__ = [
     "layer_losses",
     "layer_cost",
     "layer_sparsity",
+    "pass_losses",
+    "allocation_heatmap",
     "trajectory",
     "accuracy_vs_sparsity",
     "accuracy_vs_k",
@@ -38,21 +41,32 @@ def _figure(title: str, x: str, y: str, *, log_y: bool = False) -> go.Figure:
     return fig
 
 
+def _passes(steps: pd.DataFrame) -> bool:
+    return "stage" in steps and steps["stage"].nunique() > 1
+
+
 def loss_curves(steps: pd.DataFrame) -> go.Figure:
-    """The K-window loss against Newton step, one line per layer, log scale."""
+    """The K-window loss against Newton step, one line per layer (and pass, with stages), log scale."""
     fig = _figure("Reconstruction loss per Newton step", "Newton step", "K-window loss", log_y=True)
-    for layer, rows in steps.sort_values(["index", "step"]).groupby("layer", sort=False):
-        fig.add_scatter(x=rows["step"], y=rows["loss"], mode="lines+markers", name=str(layer))
+    passes = _passes(steps)
+    for (stage, layer), rows in steps.sort_values(["stage", "index", "step"]).groupby(["stage", "layer"], sort=False):
+        name = f"{layer} · pass {stage}" if passes else str(layer)
+        fig.add_scatter(x=rows["step"], y=rows["loss"], mode="lines+markers", name=name)
     fig.update_xaxes(dtick=1)
     return fig
 
 
+def _step_label(stage: int, step: int, passes: bool) -> str:
+    return f"pass {stage} step {step}" if passes else f"step {step}"
+
+
 def cg_iterations(steps: pd.DataFrame) -> go.Figure:
-    """CG iterations of every Newton step, grouped by layer."""
+    """CG iterations of every Newton step, grouped by layer (one bar group per pass and step)."""
     fig = _figure("CG iterations per Newton step", "layer", "CG iterations")
+    passes = _passes(steps)
     taken = steps[steps["step"] > 0].sort_values(["index", "step"])
-    for step, rows in taken.groupby("step"):
-        fig.add_bar(x=rows["layer"], y=rows["cg_iters"], name=f"step {step}")
+    for (stage, step), rows in taken.groupby(["stage", "step"]):
+        fig.add_bar(x=rows["layer"], y=rows["cg_iters"], name=_step_label(stage, step, passes))
     fig.update_layout(barmode="group")
     return fig
 
@@ -60,9 +74,10 @@ def cg_iterations(steps: pd.DataFrame) -> go.Figure:
 def step_sizes(steps: pd.DataFrame) -> go.Figure:
     """The Armijo step size accepted at each Newton step (0: no step passed)."""
     fig = _figure("Line-search step sizes", "layer", "step size")
+    passes = _passes(steps)
     taken = steps[steps["step"] > 0].sort_values(["index", "step"])
-    for step, rows in taken.groupby("step"):
-        fig.add_scatter(x=rows["layer"], y=rows["step_size"], mode="markers", name=f"step {step}")
+    for (stage, step), rows in taken.groupby(["stage", "step"]):
+        fig.add_scatter(x=rows["layer"], y=rows["step_size"], mode="markers", name=_step_label(stage, step, passes))
     return fig
 
 
@@ -88,10 +103,62 @@ def layer_cost(layers: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def layer_sparsity(layers: pd.DataFrame) -> go.Figure:
-    fig = _figure("Achieved sparsity per layer", "layer", "sparsity")
+def layer_sparsity(layers: pd.DataFrame, title: str = "Achieved sparsity per layer") -> go.Figure:
+    fig = _figure(title, "layer", "sparsity")
     fig.add_bar(x=layers["name"], y=layers["sparsity"], name="sparsity")
     fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def pass_losses(layers: pd.DataFrame) -> go.Figure:
+    """Gradual pruning: each layer's final K-window loss and sparsity after every pass."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for stage, rows in layers.sort_values(["stage", "index"]).groupby("stage"):
+        fig.add_scatter(
+            x=rows["name"], y=rows["loss_after"], mode="lines+markers", name=f"pass {stage}", row=1, col=1,
+            legendgroup=str(stage),
+        )  # fmt: skip
+        fig.add_bar(x=rows["name"], y=rows["sparsity"], name=f"pass {stage}", row=2, col=1, legendgroup=str(stage),
+                    showlegend=False)  # fmt: skip
+    fig.update_layout(title="Loss and sparsity after each pass", template=TEMPLATE, barmode="group")
+    fig.update_yaxes(title_text="K-window loss", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="sparsity", range=[0, 1], row=2, col=1)
+    fig.update_xaxes(title_text="layer", row=2, col=1)
+    return fig
+
+
+def allocation_heatmap(scan: pd.DataFrame, allocated: pd.DataFrame) -> go.Figure:
+    """The sensitivity scan (layer x sparsity, colour = log10 of the loss) with each layer's allocated sparsity."""
+    columns = [f"{s:g}" for s in scan.columns]
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.log10(scan.to_numpy(dtype=float).clip(min=1e-12)),
+            x=columns,
+            y=list(scan.index),
+            customdata=scan.to_numpy(dtype=float),
+            hovertemplate="%{y} at %{x}: loss %{customdata:.4g}<extra></extra>",
+            colorscale="Reds",
+            colorbar_title="log10 loss",
+        )
+    )
+    chosen = allocated.set_index("layer")["sparsity"].reindex(scan.index)
+    nearest = [columns[int(np.abs(np.asarray(scan.columns, dtype=float) - s).argmin())] for s in chosen]
+    fig.add_scatter(
+        x=nearest,
+        y=list(scan.index),
+        mode="markers",
+        marker={"symbol": "x", "size": 10, "color": "black"},
+        name="allocated",
+        text=[f"{s:.3f}" for s in chosen],
+        hovertemplate="%{y}: allocated %{text}<extra></extra>",
+    )
+    fig.update_layout(
+        title="Sensitivity scan: each layer pruned alone (x: allocated, nearest scanned sparsity)",
+        xaxis_title="sparsity of that layer alone",
+        yaxis_title="layer",
+        template=TEMPLATE,
+    )
+    fig.update_yaxes(autorange="reversed")
     return fig
 
 

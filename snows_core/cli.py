@@ -97,8 +97,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the type of one value
     "sparsity": float,  # fraction zeroed; N:M implies it
     "pattern": str,  # unstructured or N:M such as 2:4
-    "allocation": str,  # uniform or global
-    "mask": str,  # magnitude, random, wanda
+    "allocation": str,  # uniform, global, lamp or sensitivity
+    "mask": str,  # magnitude, random, wanda, sparsegpt
     "reconstruction": str,  # none, lstsq, snows
     "k": int,
     "n_calib": int,
@@ -109,6 +109,7 @@ CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the typ
     "damping": float,
     "curvature": str,  # exact or gauss-newton
     "targets": str,  # dense or pruned-input
+    "stages": int,  # passes that reach the sparsity gradually
     "seed": int,
     "device": str,  # auto, cpu, cuda
 }
@@ -286,6 +287,7 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         self.bar = tqdm(total=0, unit="layer", file=sys.stderr, dynamic_ncols=True)
+        self.stages = 1
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -293,9 +295,12 @@ class ProgressBar:
 
     def __call__(self, event: Event) -> None:
         if event.kind == "run_started":
-            self.bar.reset(total=len(event.layers))
+            self.bar.reset(total=len(event.layers) * event.stages)
+            self.stages = event.stages
+        elif event.kind == "layer_scanned":
+            self.bar.set_description(f"sensitivity scan {event.index + 1}/{event.n_layers}")
         elif event.kind == "layer_started":
-            self.bar.set_description(event.layer)
+            self.bar.set_description(event.layer + (f" (pass {event.stage}/{self.stages})" if self.stages > 1 else ""))
         elif event.kind == "newton_step":
             self.bar.set_postfix(loss=f"{event.loss_after:.4g}", cg=event.cg_iters)
         elif event.kind == "layer_done":

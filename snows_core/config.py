@@ -23,7 +23,6 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 PATTERNS_HELP = '"unstructured" or "N:M" with 0 < N <= M, such as "2:4"'
-ALLOCATIONS = ("uniform", "global")
 CURVATURES = ("exact", "gauss-newton")
 TARGETS = ("dense", "pruned-input")
 DEVICES_HELP = '"auto", "cpu", "cuda" or "cuda:N"'
@@ -51,9 +50,11 @@ class PruneConfig:
         sparsity: fraction of weights zeroed in each pruned layer (or overall, with "global").
             For N:M patterns it may be omitted (None) and is then 1 - N/M.
         pattern: "unstructured" or "N:M" (N kept in every group of M consecutive input channels).
-        allocation: "uniform" (every layer at `sparsity`) or "global" (one ranking over all layers).
-        layer_sparsity_cap: with "global", no layer is pruned beyond this fraction.
-        mask: mask method name from the registry (magnitude, random, wanda, custom, ...).
+        allocation: how many weights each layer keeps (`snows_core.masks.list_allocations()`): "uniform"
+            (every layer at `sparsity`), "global" (one ranking over all layers), "lamp" (LAMP scores
+            ranked globally) or "sensitivity" (a per-layer scan, then the least summed loss).
+        layer_sparsity_cap: with a non-uniform allocation, no layer is pruned beyond this fraction.
+        mask: mask method name from the registry (magnitude, random, wanda, sparsegpt, custom, ...).
         reconstruction: "none" (mask only), "lstsq" (layer-wise least squares) or "snows".
         k: operations after the layer whose outputs are reconstructed too (0: the layer's own output).
         n_calib: calibration images used (the first n_calib of those passed in).
@@ -69,6 +70,9 @@ class PruneConfig:
             the error of every earlier layer is compensated too; "pruned-input": the dense window
             applied to the pruned path's inputs, so only this layer's error is.
         layers: layer names to prune; None means every Conv2d/Linear but the first and the last.
+        stages: passes over the network that reach the sparsity gradually (pass i of S at
+            sparsity * (1 - (1 - i/S)^3), Zhu & Gupta 2017); each re-chooses the masks from the
+            reconstructed weights (nested: a pruned weight never returns) and reconstructs again.
         seed: seeds random masks and the order of mini-batches.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
     """
@@ -90,6 +94,7 @@ class PruneConfig:
     warm_start: bool = True
     targets: str = "dense"
     layers: tuple[str, ...] | None = None
+    stages: int = 1
     seed: int = 0
     device: str = "auto"
 
@@ -102,7 +107,7 @@ class PruneConfig:
         self._check()
 
     def _check(self) -> None:
-        from snows_core.masks import list_mask_methods
+        from snows_core.masks import get_mask_method, list_allocations, list_mask_methods
         from snows_core.reconstruct import list_reconstructions
 
         nm = parse_nm(self.pattern)
@@ -114,7 +119,7 @@ class PruneConfig:
                 f"sparsity {self.sparsity} does not match pattern {self.pattern!r}, "
                 f"which zeroes {1 - nm[0] / nm[1]:g}: omit sparsity or set it to 1 - N/M"
             )
-        _require_choice("allocation", self.allocation, ALLOCATIONS)
+        _require_choice("allocation", self.allocation, list_allocations())
         if nm is not None and self.allocation != "uniform":
             raise ValueError('allocation must be "uniform" with an N:M pattern (every layer holds N of each M)')
         _require_number("layer_sparsity_cap", self.layer_sparsity_cap, "a number in (0, 1)")
@@ -124,12 +129,16 @@ class PruneConfig:
         _require_choice("reconstruction", self.reconstruction, list_reconstructions())
         _require_choice("curvature", self.curvature, CURVATURES)
         _require_choice("targets", self.targets, TARGETS)
-        for name in ("k", "n_calib", "batch_size", "newton_steps", "cg_iters", "seed"):
+        for name in ("k", "n_calib", "batch_size", "newton_steps", "cg_iters", "stages", "seed"):
             _require_int(name, getattr(self, name), minimum=0 if name in ("k", "seed") else 1)
         for name in ("cg_tol", "damping"):
             _require_number(name, getattr(self, name), "a number >= 0")
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.stages > 1 and get_mask_method(self.mask).user_supplied:
+            raise ValueError(
+                f"stages must be 1 with mask {self.mask!r}: its masks are fixed, there is nothing to re-choose"
+            )
         if not isinstance(self.warm_start, bool):
             raise ValueError(f"warm_start must be true or false; got {self.warm_start!r}")
         if self.layers is not None and not all(isinstance(n, str) for n in self.layers):

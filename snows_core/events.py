@@ -19,6 +19,8 @@ __all__ = [
     "LayerDone",
     "LayerSkipped",
     "RunDone",
+    "Allocated",
+    "LayerScanned",
     "Evaluation",
     "EventSink",
 ]
@@ -37,6 +39,29 @@ class RunStarted(Event):
     kind: ClassVar[str] = "run_started"
     layers: list[str] = field(default_factory=list)
     device: str = "cpu"
+    stages: int = 1  # passes over the layers: progress is out of len(layers) * stages
+
+
+@dataclass(frozen=True)
+class Allocated(Event):
+    """Each layer's final sparsity, chosen before the first layer is pruned (and the scan behind it, if any)."""
+
+    kind: ClassVar[str] = "allocation"
+    allocation: str = "uniform"
+    sparsities: dict[str, float] = field(default_factory=dict)
+    scan: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LayerScanned(Event):
+    """One layer of a sensitivity scan: its loss pruned alone at each sparsity of the grid."""
+
+    kind: ClassVar[str] = "layer_scanned"
+    layer: str = ""
+    index: int = 0
+    n_layers: int = 0
+    sparsities: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class LayerStarted(Event):
     n_layers: int = 0
     window: list[str] = field(default_factory=list)
     loss_before: float = 0.0
+    stage: int = 1
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,7 @@ class NewtonStep(Event):
     cg_residual: float = 0.0
     step_size: float = 0.0
     seconds: float = 0.0
+    stage: int = 1
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,7 @@ class LayerDone(Event):
     index: int = 0
     n_layers: int = 0
     report: dict[str, Any] = field(default_factory=dict)
+    stage: int = 1
 
 
 @dataclass(frozen=True)

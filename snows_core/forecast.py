@@ -7,7 +7,9 @@ Two sources, best first:
    sizes of its layers, turned into seconds by counting dense-forward equivalents (DFE) per layer,
    fitted end to end on the zoo's ResNet-20 (bench_queue.py sweep: 7-13 s of pruning at K 0-3): a
    Newton step costs about 2 window forwards per CG iteration plus 4 for the line search, and a window
-   spans about (K + 2) / layers of the network. Expect it within a factor of 2 either way.
+   spans about (K + 2) / layers of the network; every stage repeats the loop, and a sensitivity scan
+   costs about a least-squares fit and half a forward per layer and scanned sparsity. Expect it within
+   a factor of 2 either way.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from snows_core.config import PruneConfig
 from snows_core.lookahead import trace
 from snows_core.models import create_model, model_info
 from snows_core.prune import default_layers, resolve_device
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
+from snows_core.sensitivity import scan_sparsities
 
 __all__ = ["Forecast", "Probe", "probe", "forecast", "available_memory"]
 
@@ -118,8 +122,10 @@ def _seconds(spec: RunSpec, p: Probe) -> float:
     per_layer = {"none": 0.3, "lstsq": 1.5}.get(
         c.reconstruction, 1.5 + c.newton_steps * (HVP_FORWARDS * c.cg_iters + LINE_SEARCH_FORWARDS) * window
     )
+    per_layer += 1.0 if c.mask == "sparsegpt" else 0.0
+    scan = len(scan_sparsities(c.layer_sparsity_cap)) * 1.5 if c.allocation == "sensitivity" else 0.0
     evals = (3 + (2 * p.layers if spec.trajectory else 0)) * p.seconds_per_image * (spec.eval_size or 10_000)
-    return STARTUP_SECONDS + p.layers * per_layer * dense_forward + evals
+    return STARTUP_SECONDS + p.layers * (c.stages * per_layer + scan) * dense_forward + evals
 
 
 def _peak_bytes(spec: RunSpec, p: Probe) -> int:
@@ -131,13 +137,17 @@ def _peak_bytes(spec: RunSpec, p: Probe) -> int:
 
 
 def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
-    keys = ("reconstruction", "k", "n_calib", "newton_steps", "cg_iters", "device")
+    keys = ("reconstruction", "k", "n_calib", "newton_steps", "cg_iters", "device", "stages", "allocation")
     wanted = {key: getattr(spec.config, key) for key in keys}
     results = store.results()
     matches = []
     for run in store.list("done"):
-        config, result = run["spec"]["config"], results.get(run["id"]) or {}
+        config, result = (
+            {**PruneConfig().to_dict(), **run["spec"]["config"]},
+            results.get(run["id"]) or {},
+        )  # older runs
         same = run["spec"]["model"] == spec.model and run["spec"]["dataset"] == spec.dataset
+        same = same and (config["mask"] == "sparsegpt") == (spec.config.mask == "sparsegpt")
         if same and all(config[key] == value for key, value in wanted.items()) and "seconds" in result:
             matches.append(result)
     return matches

@@ -1,8 +1,9 @@
 """Tables the dashboard shows, as pandas DataFrames built from the run store (no Streamlit, no tensors).
 
 - `runs_frame`: one row per run (spec fields, status, progress through the layers, results);
-- `steps_frame`, `layers_frame`, `trajectory_frame`: a run's Newton steps, per-layer reports and
-  accuracy after each layer, from its events;
+- `steps_frame`, `layers_frame`, `trajectory_frame`: a run's Newton steps, per-layer reports (a row
+  per layer and pass) and accuracy after each layer, from its events;
+- `allocation_frame`, `scan_frame`: each layer's allocated sparsity, and the sensitivity scan behind it;
 - `mask_update_matrix`: top-1 per mask method (rows) and update (columns: none, lstsq, SNOWS at each K);
 - `comparability`: why a set of runs is not a fair comparison (empty when it is).
 """
@@ -23,6 +24,8 @@ __all__ = [
     "steps_frame",
     "layers_frame",
     "trajectory_frame",
+    "allocation_frame",
+    "scan_frame",
     "series_label",
     "update_label",
     "mask_update_matrix",
@@ -32,8 +35,8 @@ __all__ = [
 
 RUN_COLUMNS = [
     "id", "status", "progress", "model", "dataset", "mask", "reconstruction", "k", "pattern", "allocation",
-    "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds", "sparsity_achieved", "peak_mem",
-    "layers_done", "layers_total", "n_calib", "seed", "newton_steps", "cg_iters", "eval_size", "sweep_id",
+    "stages", "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds", "sparsity_achieved",
+    "peak_mem", "layers_done", "layers_total", "n_calib", "seed", "newton_steps", "cg_iters", "eval_size", "sweep_id",
     "created", "version", "calib_digest", "eval_subset", "executor", "imported_from", "torch", "error", "label",
 ]  # fmt: skip
 
@@ -67,6 +70,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
         "dataset": run["spec"]["dataset"],
         "eval_size": run["spec"]["eval_size"],
         **{key: config[key] for key in ("mask", "reconstruction", "k", "pattern", "allocation", "sparsity")},
+        "stages": config.get("stages", 1),
         **{key: config[key] for key in ("n_calib", "seed", "newton_steps", "cg_iters")},
         "top1_dense": result.get("top1_dense"),
         "top1_mask_only": mask_only,
@@ -97,24 +101,34 @@ def update_label(reconstruction: str, k: int) -> str:
 
 
 def series_label(row: dict[str, Any] | pd.Series) -> str:
-    """One curve of the trade-off charts: mask method x update (x pattern when N:M)."""
+    """One curve of the trade-off charts: mask method x update (x pattern when N:M, allocation and stages
+    when not the defaults)."""
     pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
-    return f"{row['mask']}{pattern} + {update_label(row['reconstruction'], int(row['k']))}"
+    recipe = [row["allocation"]] if row.get("allocation", "uniform") != "uniform" else []
+    stages = int(row.get("stages", 1) or 1)
+    recipe += [f"{stages} stages"] if stages > 1 else []
+    label = f"{row['mask']}{pattern} + {update_label(row['reconstruction'], int(row['k']))}"
+    return label + (f" ({', '.join(recipe)})" if recipe else "")
 
 
 def steps_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per Newton step (numbered from 1) plus a step 0 per layer: the loss its first step started from."""
+    """One row per Newton step (numbered from 1) plus a step 0 per layer and pass: the loss its first step
+    started from. `stage` is the pass over the network (1 without stages)."""
     order: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     for e in events:
         if e["kind"] == "layer_started":
             order[e["layer"]] = e["index"]
         elif e["kind"] == "newton_step":
-            if not any(r["layer"] == e["layer"] for r in rows[-1:]):  # steps of one layer arrive together
-                rows.append({"layer": e["layer"], "step": 0, "loss": e["loss"], "cg_iters": 0})
+            stage = e.get("stage", 1)
+            if not any(
+                r["layer"] == e["layer"] and r["stage"] == stage for r in rows[-1:]
+            ):  # a layer's steps arrive together
+                rows.append({"layer": e["layer"], "stage": stage, "step": 0, "loss": e["loss"], "cg_iters": 0})
             rows.append(
                 {
                     "layer": e["layer"],
+                    "stage": stage,
                     "step": e["step"],
                     "loss": e["loss_after"],
                     "cg_iters": e["cg_iters"],
@@ -123,17 +137,42 @@ def steps_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
                     "seconds": e["seconds"],
                 }
             )
-    frame = pd.DataFrame(rows, columns=["layer", "step", "loss", "cg_iters", "cg_residual", "step_size", "seconds"])
+    columns = ["layer", "stage", "step", "loss", "cg_iters", "cg_residual", "step_size", "seconds"]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["index"] = frame["layer"].map(order)
     return frame
 
 
-def layers_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per finished layer: losses before / after warm start / after, cost, sparsity."""
-    rows = [{"index": e["index"], **e["report"]} for e in events if e["kind"] == "layer_done"]
-    columns = ["index", "name", "loss_before", "loss_warm", "loss_after", "newton_steps", "cg_iters", "seconds"]
-    columns += ["peak_mem", "sparsity", "kept", "numel"]
-    return pd.DataFrame(rows, columns=columns)
+def layers_frame(events: Iterable[dict[str, Any]], last_pass_only: bool = False) -> pd.DataFrame:
+    """One row per finished layer and pass: losses before / after warm start / after, cost, sparsity.
+
+    With `last_pass_only`, each layer's row of its latest pass (what the final network holds)."""
+    rows = [
+        {"index": e["index"], "stage": e.get("stage", 1), **e["report"]} for e in events if e["kind"] == "layer_done"
+    ]
+    columns = ["index", "stage", "name", "loss_before", "loss_warm", "loss_after", "newton_steps", "cg_iters"]
+    columns += ["seconds", "peak_mem", "sparsity", "kept", "numel"]
+    frame = pd.DataFrame(rows, columns=columns)
+    if last_pass_only and not frame.empty:
+        frame = frame[frame["stage"] == frame["stage"].max()].reset_index(drop=True)
+    return frame
+
+
+def allocation_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Each layer's final sparsity as allocated before pruning (empty for runs that did not record it)."""
+    allocated = next((e for e in events if e["kind"] == "allocation"), None)
+    if allocated is None:
+        return pd.DataFrame(columns=["layer", "sparsity"])
+    return pd.DataFrame(list(allocated["sparsities"].items()), columns=["layer", "sparsity"])
+
+
+def scan_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The sensitivity scan as a layer x sparsity table of losses (rows in layer order), from its
+    per-layer events (so it fills in while the scan runs); empty without a scan."""
+    rows = {
+        e["layer"]: dict(zip(e["sparsities"], e["losses"], strict=True)) for e in events if e["kind"] == "layer_scanned"
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(index="layer", columns="sparsity")
 
 
 def trajectory_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -38,6 +38,7 @@ __all__ = [
     "trace",
     "Window",
     "build_window",
+    "build_tail",
     "prunable_nodes",
     "PrunedPath",
 ]
@@ -156,6 +157,20 @@ def build_window(gm: fx.GraphModule, layer_node: fx.Node, k: int) -> Window:
     inside = _ancestors_within(taps, descendants | {layer_node})
     module, externals = _window_module(gm, layer_node, inside, taps, _constant_nodes(gm), order)
     return Window(layer_node.target, module, externals, taps, ops)
+
+
+def build_tail(gm: fx.GraphModule, layer_node: fx.Node) -> Window:
+    """The rest of the network after `layer_node`: ``module(z, *externals) -> (output,)``, the model's output only."""
+    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    result = output.args[0]
+    if not isinstance(result, fx.Node):
+        raise ValueError(f"the model must return one tensor to measure its output; it returns {type(result).__name__}")
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    inside = _ancestors_within([result], _descendants(layer_node) | {layer_node})
+    if result not in inside:
+        raise ValueError(f"the model's output does not depend on {layer_node.target}")
+    module, externals = _window_module(gm, layer_node, inside, [result], _constant_nodes(gm), order)
+    return Window(layer_node.target, module, externals, [result], [(result.name, "output")])
 
 
 def _descendants(node: fx.Node) -> set[fx.Node]:

@@ -11,6 +11,14 @@ Scoring and selection are separate. A registered mask method only scores (higher
   the im2col columns (input channel, kernel row, kernel column). Scores are ranked per layer.
 - ``custom``: masks supplied by the user, checked for shape (and for the N:M pattern if one is set).
 
+Methods chosen *in the layer loop* see the pruned path and move the weights while they choose: they
+run just before the layer's reconstruction, on its pruned-path input, and return the mask together
+with their own weights, which become the reconstruction's starting point:
+- ``sparsegpt``: Frantar & Alistarh 2023, OBS updates column by column (see `snows_core.sparsegpt`).
+
+How many weights each layer keeps is the allocation's business (`snows_core.allocation`:
+uniform, global, lamp, sensitivity; `list_allocations()`); in-loop methods are allocated by |W|.
+
 Selection:
 - unstructured, "uniform": each layer keeps its top round((1 - s) * numel) scores.
 - unstructured, "global": one ranking across layers, with no layer pruned beyond a cap.
@@ -28,15 +36,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snows_core.allocation import global_counts, kept_count, list_allocations
+
 __all__ = [
     "MaskMethod",
     "ScoreInputs",
+    "LayerInputs",
+    "MaskChoice",
+    "list_allocations",
     "register_mask_method",
     "get_mask_method",
     "list_mask_methods",
     "unstructured_mask",
     "nm_mask",
     "global_masks",
+    "top_count_mask",
     "nm_skip_reason",
     "input_column_sq_norms",
 ]
@@ -53,27 +67,67 @@ class ScoreInputs:
     custom: torch.Tensor | None = None  # the user's bool mask, for "custom"
 
 
-@dataclass(frozen=True)
-class MaskMethod:
-    """A registered mask method: a scoring function plus what it needs."""
+@dataclass
+class LayerInputs:
+    """What an in-loop mask method reads for one layer, just before the layer is reconstructed."""
 
     name: str
-    score: Callable[[ScoreInputs], torch.Tensor]
+    module: nn.Module
+    weight: torch.Tensor  # the layer's current weight (dense on the first pass)
+    x: torch.Tensor  # (N, ...) the layer's input on the pruned path
+    x_target: torch.Tensor  # (N, ...) the input that produced the targets (the dense path's, or x itself)
+    keep: int  # weights to keep in all (unstructured)
+    nm: tuple[int, int] | None = None  # keep N of every M instead
+    prior: torch.Tensor | None = None  # bool like the weight: the previous pass's mask; pruned stays pruned
+    batch_size: int = 256
+    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None  # columns.input_grams(module, x, x_target)
+
+
+@dataclass
+class MaskChoice:
+    """A layer's mask (True = kept) and, for methods that move weights, the weights they leave."""
+
+    mask: torch.Tensor
+    weight: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class MaskMethod:
+    """A registered mask method: a scoring function (chosen up front) or a layer-loop chooser."""
+
+    name: str
+    score: Callable[[ScoreInputs], torch.Tensor] | None
     needs_activations: bool = False
     user_supplied: bool = False
     summary: str = ""
+    choose: Callable[[LayerInputs], MaskChoice] | None = None
+
+    @property
+    def in_loop(self) -> bool:
+        """Chosen in the layer loop on the pruned path (and moves the weights), not scored up front."""
+        return self.choose is not None
 
 
 _MASK_METHODS: dict[str, MaskMethod] = {}
 
 
 def register_mask_method(
-    name: str, *, needs_activations: bool = False, user_supplied: bool = False, summary: str = ""
+    name: str,
+    *,
+    needs_activations: bool = False,
+    user_supplied: bool = False,
+    in_loop: bool = False,
+    summary: str = "",
 ) -> Callable:
-    """Decorator registering `fn(inputs: ScoreInputs) -> scores` under `name`."""
+    """Decorator registering `fn(inputs: ScoreInputs) -> scores` under `name`, or with `in_loop`
+    a chooser `fn(inputs: LayerInputs) -> MaskChoice` run in the layer loop."""
 
-    def wrap(fn: Callable[[ScoreInputs], torch.Tensor]) -> Callable[[ScoreInputs], torch.Tensor]:
-        _MASK_METHODS[name] = MaskMethod(name, fn, needs_activations, user_supplied, summary or (fn.__doc__ or ""))
+    def wrap(fn: Callable) -> Callable:
+        summary_text = summary or (fn.__doc__ or "")
+        if in_loop:
+            _MASK_METHODS[name] = MaskMethod(name, None, True, False, summary_text, choose=fn)
+        else:
+            _MASK_METHODS[name] = MaskMethod(name, fn, needs_activations, user_supplied, summary_text)
         return fn
 
     return wrap
@@ -111,12 +165,18 @@ def custom_scores(inputs: ScoreInputs) -> torch.Tensor:
     return inputs.custom.float()
 
 
+@register_mask_method(
+    "sparsegpt", in_loop=True, summary="SparseGPT: OBS updates column by column on the pruned path (moves weights)"
+)
+def sparsegpt_choice(inputs: LayerInputs) -> MaskChoice:
+    from snows_core.sparsegpt import sparsegpt_layer
+
+    return sparsegpt_layer(inputs)
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep the top round((1 - sparsity) * numel) scores of one tensor."""
-    keep = _kept_count(scores.numel(), sparsity)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    mask[torch.topk(scores.flatten(), keep, sorted=False).indices] = True
-    return mask.view_as(scores)
+    return top_count_mask(scores, kept_count(scores.numel(), sparsity))
 
 
 def nm_skip_reason(weight_shape: torch.Size, m: int) -> str | None:
@@ -140,53 +200,17 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def global_masks(scores: dict[str, torch.Tensor], sparsity: float, cap: float) -> dict[str, torch.Tensor]:
-    """One ranking over all layers keeping (1 - sparsity) of all weights, no layer sparser than `cap`.
-
-    Water-filling: layers that the global threshold would prune beyond the cap are fixed at the cap,
-    and the rest of the budget is ranked again over the other layers until no layer exceeds it.
-    """
-    total = sum(s.numel() for s in scores.values())
-    budget = _kept_count(total, sparsity)
-    floor = {name: _kept_count(s.numel(), cap) for name, s in scores.items()}
-    capped: set[str] = set()
-    while True:
-        free = [name for name in scores if name not in capped]
-        left = budget - sum(floor[name] for name in capped)
-        pooled = torch.cat([scores[name].flatten().float().cpu() for name in free])
-        if left <= 0:
-            counts = dict.fromkeys(free, 0)
-        else:
-            threshold = torch.topk(pooled, min(left, pooled.numel())).values.min()
-            counts = {name: int((scores[name] >= threshold).sum()) for name in free}
-        newly = {name for name in free if counts[name] < floor[name]}
-        if not newly:
-            break
-        capped |= newly
-    counts.update({name: floor[name] for name in capped})
-    _trim_ties(counts, {name: scores[name] for name in free}, left)
-    return {name: _top_count(scores[name], counts[name]) for name in scores}
+    """One ranking over all layers keeping (1 - sparsity) of all weights, no layer sparser than `cap`."""
+    counts = global_counts(scores, sparsity, cap)
+    return {name: top_count_mask(scores[name], counts[name]) for name in scores}
 
 
-def _trim_ties(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: int) -> None:
-    """Scores tied at the threshold may overshoot the budget: take the excess from the largest layers."""
-    excess = sum(counts[name] for name in scores) - max(budget, 0)
-    for name in sorted(scores, key=lambda n: -counts[n]):
-        if excess <= 0:
-            break
-        take = min(excess, counts[name])
-        counts[name] -= take
-        excess -= take
-
-
-def _top_count(scores: torch.Tensor, keep: int) -> torch.Tensor:
+def top_count_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Keep the `keep` highest scores of one tensor."""
     mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     if keep > 0:
         mask[torch.topk(scores.flatten(), keep, sorted=False).indices] = True
     return mask.view_as(scores)
-
-
-def _kept_count(numel: int, sparsity: float) -> int:
-    return round((1.0 - sparsity) * numel)
 
 
 def input_column_sq_norms(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,38 +1,62 @@
-"""prune_model: the SNOWS loop over layers (Lucas & Mazumder, ICLR 2025, Sec. 3).
+"""prune_model: the SNOWS loop over layers (Lucas & Mazumder, ICLR 2025, Sec. 3), in one pass or several.
 
 1. Copy and trace the model; pick the layers (default: every Conv2d/Linear but the first layer that
    sees the input and the final classifier).
-2. Score and select every mask up front from the dense network (Wanda reads dense input statistics;
-   "global" allocation needs every layer's scores at once).
-3. In topological order, for each layer: read its input and its window's external inputs from the
-   pruned path, compute the dense window targets once, reconstruct, write the weight, and advance the
-   pruned path past the layer.
+2. Allocate each layer's final kept count (uniform, global, lamp or sensitivity; see
+   `snows_core.allocation`), from the mask method's scores on the dense network (|W| for in-loop
+   methods) or from a sensitivity scan.
+3. For each pass s = 1..S (S = `config.stages`, 1 by default) every layer keeps
+   numel - round(pruned_final * (1 - (1 - s/S)^3)) weights, the cubic schedule of Zhu & Gupta (2017)
+   (N:M: N_s = M - round((M - N) * (1 - (1 - s/S)^3))). Scored mask methods score every layer at
+   the start of the pass, from the current (reconstructed) weights and, for Wanda, the current
+   network's inputs; in-loop methods (SparseGPT) choose just before the layer is reconstructed, on its
+   pruned-path input. Masks nest: a weight pruned in one pass stays pruned.
+4. In topological order, for each layer: read its input and its window's external inputs from the
+   pruned path and the targets from the dense network, choose the mask (in-loop methods),
+   reconstruct from the starting point, write the weight, and advance the pruned path past it.
+
+With one pass and a scored mask this is exactly the one-shot SNOWS loop.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from snows_core.allocation import AllocationInputs, SensitivityScan, get_allocation
+from snows_core.columns import columns_unsupported, input_grams
 from snows_core.config import PruneConfig
-from snows_core.events import EventSink, LayerDone, LayerSkipped, LayerStarted, RunDone, RunStarted
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.events import (
+    Allocated,
+    EventSink,
+    LayerDone,
+    LayerSkipped,
+    LayerStarted,
+    NewtonStep,
+    RunDone,
+    RunStarted,
+)
+from snows_core.lookahead import PrunedPath, Window, prunable_nodes, trace
 from snows_core.masks import (
+    LayerInputs,
+    MaskChoice,
+    MaskMethod,
     ScoreInputs,
     get_mask_method,
-    global_masks,
     input_column_sq_norms,
     nm_mask,
     nm_skip_reason,
-    unstructured_mask,
+    top_count_mask,
 )
 from snows_core.memory import PeakMemory
-from snows_core.reconstruct import get_reconstruction, layer_problem
+from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem
 from snows_core.report import LayerReport, PruneResult
+from snows_core.sensitivity import ChooseMask, sensitivity_scan
 
 __all__ = ["prune_model", "resolve_device", "default_layers"]
 
@@ -54,7 +78,8 @@ def prune_model(
         custom_masks: {layer name: bool mask, True = kept}, required when config.mask == "custom".
 
     Returns:
-        PruneResult with the pruned copy, the masks and one LayerReport per pruned layer.
+        PruneResult with the pruned copy, the masks and one LayerReport per pruned layer (the last
+        pass), every pass's reports and the allocation.
     """
     emit = on_event or (lambda event: None)
     tic = time.perf_counter()
@@ -62,26 +87,63 @@ def prune_model(
     device = resolve_device(config.device)
     pruned = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     gm = trace(pruned)
-    targets, skipped = _select_layers(gm, config, custom_masks)
+    nodes, skipped = _select_layers(gm, config, custom_masks)
     calib = calib_images[: config.n_calib].to(device, torch.float32)
     path = PrunedPath(gm, calib, config.batch_size)
     dense_path = (
         PrunedPath(trace(copy.deepcopy(pruned)), calib, config.batch_size) if config.targets == "dense" else None
     )
-    masks = _compute_masks(gm, targets, path, config, custom_masks)
-    emit(RunStarted([n.target for n in targets], str(device)))
+    loop = _Loop(gm, nodes, path, dense_path, config, get_mask_method(config.mask), emit, custom_masks)
+    emit(RunStarted([n.target for n in nodes], str(device), config.stages))
     for report in skipped:
         emit(LayerSkipped(report.name, report.skipped))
-    reports = [
-        _prune_layer(gm, node, path, masks[node.target], config, emit, i, len(targets), dense_path)
-        for i, node in enumerate(targets)
-    ]
+    scores = None if loop.method.in_loop else _scores(loop)
+    counts, allocation = _allocate(loop, scores)
+    emit(Allocated(config.allocation, allocation["sparsities"], allocation["scan"]))
+    passes = []
+    for stage in range(1, config.stages + 1):
+        planned = _planned_masks(loop, counts, stage, scores if stage == 1 else None)
+        passes += [_prune_layer(loop, node, planned.get(node.target), counts, stage, i) for i, node in enumerate(nodes)]
     pruned = pruned.to(_device_of(model))
-    result = PruneResult(
-        pruned, {k: v.cpu() for k, v in masks.items()}, reports, config, time.perf_counter() - tic, skipped
-    )
+    masks = {name: mask.cpu() for name, mask in loop.masks.items()}
+    seconds = time.perf_counter() - tic
+    result = PruneResult(pruned, masks, passes[-len(nodes) :], config, seconds, skipped, passes, allocation)
     emit(RunDone(result.seconds, result.sparsity))
     return result
+
+
+@dataclass
+class _Loop:
+    """What every step of the layer loop reads, and the masks chosen so far (the latest pass's)."""
+
+    gm: fx.GraphModule
+    nodes: list[fx.Node]
+    path: PrunedPath
+    dense_path: PrunedPath | None
+    config: PruneConfig
+    method: MaskMethod
+    emit: EventSink
+    custom_masks: dict[str, torch.Tensor] | None
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        staged = self.config.stages > 1  # later passes overwrite the weights: keep the dense ones aside
+        self.dense_weights = {n.target: self.module(n).weight.detach().clone() for n in self.nodes if staged}
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    def dense_weight(self, node: fx.Node) -> torch.Tensor:
+        """The layer's dense weight (its current one until the layer is first pruned)."""
+        kept = self.dense_weights.get(node.target)
+        return kept if kept is not None else self.module(node).weight.detach().clone()
+
+    def dense_input(self, node: fx.Node) -> torch.Tensor:
+        """The layer's input in the dense network (the pruned path's when targets are "pruned-input")."""
+        if self.dense_path is None:
+            return self.path.value(node.args[0])
+        return self.dense_path.value(self.dense_path.node(node.args[0].name))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,6 +194,7 @@ def _select_layers(
             skipped.append(LayerReport(name, kept=weight.numel(), numel=weight.numel(), skipped=reason))
         else:
             chosen.append(calls[name][0])
+    _check_layer_support(gm, chosen, config)
     if not chosen:
         raise ValueError(
             f"no layer can be pruned with pattern {config.pattern!r}: "
@@ -140,6 +203,18 @@ def _select_layers(
             else "no layer selected"
         )
     return chosen, skipped
+
+
+def _check_layer_support(gm: fx.GraphModule, nodes: list[fx.Node], config: PruneConfig) -> None:
+    """Refuse, before any work, a layer the mask method or the update cannot handle (both read its input columns)."""
+    needs = [("mask", config.mask)] if get_mask_method(config.mask).in_loop else []
+    if config.reconstruction == "lstsq" or (config.reconstruction == "snows" and config.warm_start):
+        needs.append(("reconstruction", config.reconstruction))
+    for node in nodes if needs else []:
+        reason = columns_unsupported(gm.get_submodule(node.target))
+        if reason:
+            field_name, value = needs[0]
+            raise ValueError(f"{field_name} {value!r} cannot handle layer {node.target}: {reason}")
 
 
 def _wanted_layers(
@@ -167,29 +242,102 @@ def _skip_reason(n_calls: int, weight: torch.Tensor, config: PruneConfig) -> str
     return nm_skip_reason(weight.shape, nm[1]) if nm else None
 
 
-def _compute_masks(
-    gm: fx.GraphModule,
-    nodes: list[fx.Node],
-    path: PrunedPath,
-    config: PruneConfig,
-    custom_masks: dict[str, torch.Tensor] | None,
-) -> dict[str, torch.Tensor]:
-    """Score every layer on the dense network, then select under the pattern and allocation."""
-    method = get_mask_method(config.mask)
-    generator = torch.Generator().manual_seed(config.seed)
+def _scores(loop: _Loop) -> dict[str, torch.Tensor]:
+    """The mask method's score of every weight, from the current weights (and the current network's inputs)."""
     scores = {}
-    for node in nodes:
-        module = gm.get_submodule(node.target)
-        norms = input_column_sq_norms(module, path.value(node.args[0])) if method.needs_activations else None
-        custom = _checked_custom(node.target, module.weight, custom_masks) if method.user_supplied else None
-        scores[node.target] = method.score(ScoreInputs(node.target, module.weight, norms, generator, custom))
-    if method.user_supplied:
-        return {name: _check_pattern(name, score.bool(), config) for name, score in scores.items()}
-    if config.nm:
-        return {name: nm_mask(score, *config.nm) for name, score in scores.items()}
-    if config.allocation == "global":
-        return global_masks(scores, config.sparsity, config.layer_sparsity_cap)
-    return {name: unstructured_mask(score, config.sparsity) for name, score in scores.items()}
+    for node in loop.nodes:
+        module = loop.module(node)
+        norms = input_column_sq_norms(module, loop.path.value(node.args[0])) if loop.method.needs_activations else None
+        custom = _checked_custom(node.target, module.weight, loop.custom_masks) if loop.method.user_supplied else None
+        scores[node.target] = loop.method.score(ScoreInputs(node.target, module.weight, norms, loop.generator, custom))
+    return scores
+
+
+def _allocate(loop: _Loop, scores: dict[str, torch.Tensor] | None) -> tuple[dict[str, int], dict]:
+    """Each layer's final kept count, and the record of it (final sparsities, the scan if one ran)."""
+    config, numel = loop.config, {n.target: loop.module(n).weight.numel() for n in loop.nodes}
+    scans = []
+    if loop.method.user_supplied:
+        counts = {name: int(_check_pattern(name, score.bool(), config).sum()) for name, score in scores.items()}
+    elif config.nm:
+        counts = {name: size * config.nm[0] // config.nm[1] for name, size in numel.items()}
+    else:
+        allocation = get_allocation(config.allocation)
+        scores = scores or {n.target: loop.module(n).weight.detach().abs() for n in loop.nodes}
+
+        def scan() -> SensitivityScan:
+            scans.append(
+                sensitivity_scan(loop.gm, loop.nodes, loop.path, config, _scan_choice(loop, scores), loop.emit)
+            )
+            return scans[-1]
+
+        inputs = AllocationInputs(scores, config.sparsity, config.layer_sparsity_cap, scan)
+        counts = allocation.counts(inputs)
+    sparsities = {name: 1.0 - counts[name] / numel[name] for name in numel}
+    return counts, {
+        "allocation": config.allocation,
+        "sparsities": sparsities,
+        "scan": scans[0].to_dict() if scans else None,
+    }
+
+
+def _scan_choice(loop: _Loop, scores: dict[str, torch.Tensor]) -> ChooseMask:
+    """How the sensitivity scan chooses a layer's mask: the method's own choice, on the dense network."""
+
+    def choose(node: fx.Node, keep: int, dense: LayerProblem) -> MaskChoice:
+        if not loop.method.in_loop:
+            return MaskChoice(top_count_mask(scores[node.target], keep))
+        inputs = LayerInputs(
+            node.target,
+            dense.module,
+            dense.dense_weight,
+            dense.x,
+            dense.x,
+            keep,
+            None,
+            None,
+            dense.batch_size,
+            dense.grams,
+        )
+        return loop.method.choose(inputs)
+
+    return choose
+
+
+def _schedule(stage: int, stages: int) -> float:
+    """Fraction of the final pruning reached after pass `stage` of `stages` (cubic, Zhu & Gupta 2017)."""
+    return 1.0 - (1.0 - stage / stages) ** 3
+
+
+def _stage_keep(numel: int, final_keep: int, stage: int, stages: int) -> int:
+    return numel - round((numel - final_keep) * _schedule(stage, stages))
+
+
+def _stage_nm(nm: tuple[int, int], stage: int, stages: int) -> tuple[int, int]:
+    n, m = nm
+    return m - round((m - n) * _schedule(stage, stages)), m
+
+
+def _planned_masks(
+    loop: _Loop, counts: dict[str, int], stage: int, scores: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """A scored method's masks for pass `stage` (nested in the previous pass's); none for in-loop methods."""
+    config = loop.config
+    if loop.method.in_loop:
+        return {}
+    scores = scores if scores is not None else _scores(loop)
+    if loop.method.user_supplied:
+        return {name: score.bool() for name, score in scores.items()}
+    masks = {}
+    for name, score in scores.items():
+        prior = loop.masks.get(name)
+        if prior is not None:
+            score = score.masked_fill(~prior, float("-inf"))  # pruned stays pruned
+        if config.nm:
+            masks[name] = nm_mask(score, *_stage_nm(config.nm, stage, config.stages))
+        else:
+            masks[name] = top_count_mask(score, _stage_keep(score.numel(), counts[name], stage, config.stages))
+    return masks
 
 
 def _checked_custom(name: str, weight: torch.Tensor, custom_masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -209,39 +357,89 @@ def _check_pattern(name: str, mask: torch.Tensor, config: PruneConfig) -> torch.
 
 
 def _prune_layer(
-    gm: fx.GraphModule,
-    node: fx.Node,
-    path: PrunedPath,
-    mask: torch.Tensor,
-    config: PruneConfig,
-    emit: EventSink,
-    index: int,
-    n_layers: int,
-    dense_path: PrunedPath | None,
+    loop: _Loop, node: fx.Node, planned: torch.Tensor | None, counts: dict[str, int], stage: int, index: int
 ) -> LayerReport:
+    config, name, n_layers = loop.config, node.target, len(loop.nodes)
+    emit = _staged(loop.emit, stage)
     tic = time.perf_counter()
-    with PeakMemory(mask.device) as memory:
-        problem, window = layer_problem(gm, node, path, config.k, mask, config.batch_size, dense_path)
-        loss_before = problem.mask_loss
-        ops = [f"{name}:{kind}" for name, kind in window.ops]
-        emit(LayerStarted(node.target, index, n_layers, ops, loss_before))
+    module = loop.module(node)
+    with PeakMemory(module.weight.device) as memory:
+        problem, window = _layer_problem(loop, node, planned, counts[name], stage)
+        ops = [f"{op}:{kind}" for op, kind in window.ops]
+        emit(LayerStarted(name, index, n_layers, ops, problem.mask_loss, stage))
         solution = get_reconstruction(config.reconstruction)(problem, config, emit)
-        problem.module.weight.copy_(solution.weight * mask)
-    path.invalidate(node)
-    for p in (path, dense_path) if dense_path is not None else (path,):
+        module.weight.copy_(solution.weight * problem.mask)
+    loop.masks[name] = problem.mask
+    loop.path.invalidate(node)
+    for p in (loop.path, loop.dense_path) if loop.dense_path is not None else (loop.path,):
         p.release_before(p.node(node.name))
     report = LayerReport(
-        node.target,
-        loss_before,
+        name,
+        problem.mask_loss,
         solution.loss,
         solution.newton_steps,
         solution.cg_iters,
         time.perf_counter() - tic,
         memory.peak,
-        int(mask.sum()),
-        mask.numel(),
+        int(problem.mask.sum()),
+        problem.mask.numel(),
         ops,
         solution.loss_warm,
+        stage=stage,
     )
-    emit(LayerDone(node.target, index, n_layers, report.to_dict()))
+    emit(LayerDone(name, index, n_layers, report.to_dict(), stage))
     return report
+
+
+def _layer_problem(
+    loop: _Loop, node: fx.Node, planned: torch.Tensor | None, final_keep: int, stage: int
+) -> tuple[LayerProblem, Window]:
+    """The layer's objective under this pass's mask, starting from the method's weights or the current ones."""
+    config = loop.config
+    current = loop.module(node).weight.detach().clone()
+    choice, grams = (MaskChoice(planned), None) if planned is not None else _choose(loop, node, final_keep, stage)
+    start = current if choice.weight is None else choice.weight
+    problem, window = layer_problem(
+        loop.gm,
+        node,
+        loop.path,
+        config.k,
+        choice.mask,
+        config.batch_size,
+        loop.dense_path,
+        loop.dense_weight(node),
+        start,
+        grams,
+    )
+    if choice.weight is not None and stage > 1:  # the previous pass's weights may be the better start
+        problem = min(problem, problem.with_mask(choice.mask, current), key=lambda p: p.start_loss)
+    return problem, window
+
+
+def _choose(
+    loop: _Loop, node: fx.Node, final_keep: int, stage: int
+) -> tuple[MaskChoice, tuple[torch.Tensor, torch.Tensor, int]]:
+    """An in-loop method's choice for this layer and pass, on the pruned path's input (and its Gram matrices)."""
+    config, module = loop.config, loop.module(node)
+    x, x_target = loop.path.value(node.args[0]), loop.dense_input(node)
+    grams = input_grams(module, x, x_target, config.batch_size)
+    inputs = LayerInputs(
+        node.target,
+        module,
+        loop.dense_weight(node),
+        x,
+        x_target,
+        _stage_keep(module.weight.numel(), final_keep, stage, config.stages),
+        _stage_nm(config.nm, stage, config.stages) if config.nm else None,
+        loop.masks.get(node.target),
+        config.batch_size,
+        grams,
+    )
+    return loop.method.choose(inputs), grams
+
+
+def _staged(emit: EventSink, stage: int) -> EventSink:
+    """`emit`, stamping Newton steps with the pass they belong to."""
+    if stage == 1:
+        return emit
+    return lambda event: emit(replace(event, stage=stage) if isinstance(event, NewtonStep) else event)

@@ -6,28 +6,34 @@ targets, i.e. the window evaluated with the layer's dense weight on those same i
 
     L(W) = sum_{t=0..K} mean((o_t(W) - o_t(W_dense))^2),   W = 0 outside the mask.
 
+Every problem also has a starting point: the dense weight times the mask, or the weights the mask
+method left (SparseGPT's, or an earlier pass's reconstruction under the new, nested mask).
+
 Registered methods (`register_reconstruction`, one factory `get_reconstruction`):
-- ``none``: W = W_dense * Z.
+- ``none``: the starting point (W = W_dense * Z for scored masks).
 - ``lstsq``: the K=0 problem in closed form, per output channel: (G_SS + lambda I) w_S = (G w_dense)_S
   with G the Gram matrix of the layer's input columns. lambda = damping * numel(o_0) / 2 is the same
   damping SNOWS adds to its Hessian, in the same units.
-- ``snows``: optional lstsq warm start ("MP+"), then Newton steps on mini-batches: CG on the free
+- ``snows``: optional lstsq warm start ("MP+"; when the starting point is not the plain masked dense
+  weight, whichever of the two has the lower loss), then Newton steps on mini-batches: CG on the free
   weights for the direction, Armijo backtracking for the step; stop after `newton_steps` passes or
   when each of 3 successive steps improves the loss by under 0.5%; keep the best iterate.
+
+No method ends above the lower of the mask-only loss and the starting point's loss.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from snows_core.columns import input_grams
 from snows_core.config import PruneConfig
 from snows_core.events import EventSink, NewtonStep
 from snows_core.lookahead import PrunedPath, Window, build_window
@@ -60,7 +66,8 @@ class LayerProblem:
 
     `targets` are the dense taps, (N, ...) each, and `x_target` the layer input that produced them.
     Without them the targets are the window evaluated with the dense weight on the pruned-path
-    inputs (config targets="pruned-input"), computed once here.
+    inputs (config targets="pruned-input"), computed once here. `start_weight` is where
+    reconstruction starts (None: dense_weight * mask).
     """
 
     name: str
@@ -73,12 +80,19 @@ class LayerProblem:
     batch_size: int
     targets: list[torch.Tensor] = field(default_factory=list)
     x_target: torch.Tensor | None = None
+    start_weight: torch.Tensor | None = None
     _mask_loss: float | None = None
+    _start_loss: float | None = None
+    _grams: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def __post_init__(self) -> None:
         self.free_index = self.mask.flatten().nonzero().squeeze(1)  # (n_free,) positions of kept weights
         if self.x_target is None:
             self.x_target = self.x
+        masked = self.dense_weight * self.mask
+        start = masked if self.start_weight is None else self.start_weight * self.mask
+        self.moved = not torch.equal(start, masked)  # the start is not the plain masked dense weight
+        self.start_weight = start
         if not self.targets:
             with torch.no_grad():
                 self.targets = _cat_taps([self.taps(self.dense_weight, b) for b in self.batches()])
@@ -117,6 +131,24 @@ class LayerProblem:
             self._mask_loss = self.loss(self.dense_weight * self.mask)
         return self._mask_loss
 
+    @property
+    def grams(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The layer's input Gram and cross-Gram matrices (see `input_grams`), computed once."""
+        if self._grams is None:
+            self._grams = input_grams(self.module, self.x, self.x_target, self.batch_size)
+        return self._grams
+
+    def with_mask(self, mask: torch.Tensor, start_weight: torch.Tensor | None = None) -> LayerProblem:
+        """The same layer, inputs and targets under another mask (and starting point)."""
+        return replace(self, mask=mask, start_weight=start_weight, _mask_loss=None, _start_loss=None)
+
+    @property
+    def start_loss(self) -> float:
+        """The objective at the starting point (the mask-only loss unless the start moved)."""
+        if self._start_loss is None:
+            self._start_loss = self.loss(self.start_weight) if self.moved else self.mask_loss
+        return self._start_loss
+
     def loss(self, weight: torch.Tensor) -> float:
         """The objective on the whole calibration set (tap means weighted by batch size)."""
         return sum(self.batch_loss(weight, b) * (b.stop - b.start) for b in self.batches()) / self.n
@@ -130,11 +162,16 @@ def layer_problem(
     mask: torch.Tensor,
     batch_size: int,
     dense_path: PrunedPath | None = None,
+    dense_weight: torch.Tensor | None = None,
+    start_weight: torch.Tensor | None = None,
+    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    window: Window | None = None,
 ) -> tuple[LayerProblem, Window]:
     """Layer `node`'s objective over its K-window: inputs from `path` (the network being pruned), targets
     from `dense_path` (the dense network's own values at the taps) or, without it, the dense window on
-    the same inputs."""
-    window = build_window(gm, node, k)
+    the same inputs. `dense_weight` defaults to the layer's current weight, `start_weight` to that
+    weight times the mask; `window` replaces the K-window (e.g. `build_tail`: the rest of the network)."""
+    window = window or build_window(gm, node, k)
     module = gm.get_submodule(node.target)
     targets, x_target = [], None
     if dense_path is not None:
@@ -146,10 +183,12 @@ def layer_problem(
         path.values(window.externals),
         window.module,
         mask,
-        module.weight.detach().clone(),
+        module.weight.detach().clone() if dense_weight is None else dense_weight,
         batch_size,
         targets,
         x_target,
+        start_weight,
+        _grams=grams,
     )
     return problem, window
 
@@ -191,29 +230,44 @@ def list_reconstructions() -> list[str]:
 
 @register_reconstruction("none")
 def mask_only(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> Solution:
-    return Solution(problem.dense_weight * problem.mask, problem.mask_loss)
+    return Solution(problem.start_weight, problem.start_loss)
 
 
 @register_reconstruction("lstsq")
 def least_squares(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> Solution:
     weight = lstsq_weight(
-        problem.module, problem.x, problem.x_target, problem.dense_weight, problem.mask, cfg.damping, cfg.batch_size
+        problem.module,
+        problem.x,
+        problem.x_target,
+        problem.dense_weight,
+        problem.mask,
+        cfg.damping,
+        cfg.batch_size,
+        problem.grams,
     )
-    return _no_worse_than_mask(problem, Solution(weight, problem.loss(weight)))
+    return _no_worse_than_start(problem, Solution(weight, problem.loss(weight)))
 
 
 @register_reconstruction("snows")
 def snows(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> Solution:
-    start = least_squares(problem, cfg, emit) if cfg.warm_start else mask_only(problem, cfg, emit)
+    start = mask_only(problem, cfg, emit)
+    if cfg.warm_start:
+        warm = least_squares(problem, cfg, emit)
+        start = min(warm, start, key=lambda s: s.loss) if problem.moved else warm
     solution = newton_cg(problem, cfg, start, emit)
-    solution.loss_warm = start.loss if cfg.warm_start else None
-    return _no_worse_than_mask(problem, solution)
+    solution.loss_warm = start.loss if cfg.warm_start or problem.moved else None
+    return _no_worse_than_start(problem, solution)
 
 
-def _no_worse_than_mask(problem: LayerProblem, solution: Solution) -> Solution:
-    if solution.loss > problem.mask_loss:
-        masked = problem.dense_weight * problem.mask
-        return Solution(masked, problem.mask_loss, solution.newton_steps, solution.cg_iters, solution.loss_warm)
+def _no_worse_than_start(problem: LayerProblem, solution: Solution) -> Solution:
+    """The solution, or the better of the mask-only and starting weights when it is worse than both."""
+    fallback = min(
+        (problem.start_loss, problem.start_weight),
+        (problem.mask_loss, problem.dense_weight * problem.mask),
+        key=lambda pair: pair[0],
+    )
+    if solution.loss > fallback[0]:
+        return Solution(fallback[1], fallback[0], solution.newton_steps, solution.cg_iters, solution.loss_warm)
     return solution
 
 
@@ -273,15 +327,17 @@ def lstsq_weight(
     mask: torch.Tensor,
     damping: float,
     batch_size: int = 256,
+    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Per output channel, ridge least squares on the kept inputs matching the dense layer's output.
 
     Minimises ||X w_S - X_t w_dense||^2 + lambda ||w_S||^2 for every output row, X the input columns
     on the pruned path and X_t those that produced the target (the same X, or the dense path's):
     (G_SS + lambda I) w_S = (C w_dense)_S with G = X^T X, C = X^T X_t (im2col columns for a conv,
-    per group) and lambda = damping * numel(output) / 2.
+    per group) and lambda = damping * numel(output) / 2. `grams` are `input_grams(module, x, x_target)`
+    when already computed.
     """
-    gram, cross, numel_out = _input_grams(module, x, x_target, batch_size)  # (groups, d, d) each
+    gram, cross, numel_out = grams or input_grams(module, x, x_target, batch_size)  # (groups, d, d) each
     groups = gram.shape[0]
     rows = dense_weight.reshape(dense_weight.shape[0], -1).to(gram.dtype)  # (out, d)
     keep = mask.reshape(rows.shape).to(gram.dtype)  # (out, d)
@@ -310,34 +366,6 @@ def _spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     if singular.any():
         solution[singular] = (torch.linalg.pinv(system[singular], hermitian=True) @ rhs[singular, :, None])[..., 0]
     return solution
-
-
-def _input_grams(
-    module: nn.Module, x: torch.Tensor, x_target: torch.Tensor, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """G = X^T X and C = X^T X_t per group, (groups, d, d) in float64, and the output's numel.
-
-    Products run in float32 (fast BLAS) per chunk and accumulate in float64.
-    """
-    gram, cross, numel_out = 0, 0, 0
-    for chunk, chunk_t in zip(x.split(batch_size), x_target.split(batch_size), strict=True):
-        cols = _columns(module, chunk)  # (groups, d, n*L)
-        cols_t = cols if x_target is x else _columns(module, chunk_t)
-        gram = gram + (cols @ cols.transpose(1, 2)).double()
-        cross = cross + (cols @ cols_t.transpose(1, 2)).double()
-        numel_out += cols.shape[-1] * module.weight.shape[0]
-    return gram, cross, numel_out
-
-
-def _columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input columns, (groups, d, n*L): im2col for a conv, features for a Linear."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).T[None]  # (1, in, rows)
-    if not isinstance(module, nn.Conv2d) or isinstance(module.padding, str):
-        raise ValueError(f"lstsq supports Linear and Conv2d with numeric padding, not {module}")
-    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (n, C*k*k, L)
-    cols = cols.unflatten(1, (module.groups, -1))  # (n, groups, d, L)
-    return cols.permute(1, 2, 0, 3).flatten(2)  # (groups, d, n*L)
 
 
 def _batch_of(value: object, batch: slice, n: int) -> object:

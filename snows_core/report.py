@@ -29,8 +29,10 @@ class LayerReport:
         peak_mem: peak bytes during the layer (GPU allocator on CUDA, process RSS on CPU).
         kept: weights kept; numel: weights in the layer.
         window: the counted operations the objective spans, "node:kind" from the layer on.
-        loss_warm: objective after the least-squares warm start (None without one).
+        loss_warm: objective at SNOWS's starting point: the least-squares warm start or the mask
+            method's own weights, whichever is lower (None without either).
         skipped: why the layer stayed dense (None when pruned).
+        stage: the pass over the network this report belongs to (1 of `PruneConfig.stages`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class LayerReport:
     window: list[str] = field(default_factory=list)
     loss_warm: float | None = None
     skipped: str | None = None
+    stage: int = 1
 
     @property
     def sparsity(self) -> float:
@@ -57,7 +60,12 @@ class LayerReport:
 
 @dataclass
 class PruneResult:
-    """The pruned copy, its masks (True = kept) and a report per layer, skipped layers included."""
+    """The pruned copy, its masks (True = kept) and a report per layer, skipped layers included.
+
+    `layers` reports the last pass (one report per pruned layer); `passes` every pass in order
+    (equal to `layers` with one stage). `allocation` holds each layer's final sparsity as allocated
+    and, for the sensitivity allocation, its scan.
+    """
 
     model: nn.Module
     masks: dict[str, torch.Tensor]
@@ -65,6 +73,8 @@ class PruneResult:
     config: PruneConfig
     seconds: float = 0.0
     skipped: list[LayerReport] = field(default_factory=list)
+    passes: list[LayerReport] = field(default_factory=list)
+    allocation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -91,4 +101,6 @@ class PruneResult:
             "sparsity": self.sparsity,
             "layers": [r.to_dict() for r in self.layers],
             "skipped": [r.to_dict() for r in self.skipped],
+            "passes": [r.to_dict() for r in self.passes] if len(self.passes) > len(self.layers) else [],
+            "allocation": self.allocation,
         }

@@ -60,6 +60,27 @@ def solve_events(store: RunStore, run_id: str, layers: list[str], trajectory: bo
             )
 
 
+def staged_events() -> list[dict]:
+    """Two layers pruned in two passes after a sensitivity scan: what prune_model emits with stages=2."""
+    events: list[dict] = [{"kind": "run_started", "layers": ["a", "b"], "device": "cpu", "stages": 2}]
+    events += [
+        {"kind": "layer_scanned", "layer": name, "index": i, "n_layers": 2, "sparsities": [0.5, 0.9], "losses": loss}
+        for i, (name, loss) in enumerate((("a", [0.1, 1.0]), ("b", [0.01, 0.2])))
+    ]
+    events.append({"kind": "allocation", "allocation": "sensitivity", "sparsities": {"a": 0.6, "b": 0.8}, "scan": None})
+    for stage in (1, 2):
+        for i, name in enumerate(["a", "b"]):
+            events.append({"kind": "layer_started", "layer": name, "index": i, "stage": stage})
+            step = {"kind": "newton_step", "layer": name, "step": 1, "loss": 1.0 * stage, "loss_after": 0.5 * stage}
+            events.append(
+                {**step, "cg_iters": 10, "cg_residual": 0.1, "step_size": 1.0, "seconds": 0.1, "stage": stage}
+            )
+            report = {"name": name, "loss_before": 2.0, "loss_warm": 1.0, "loss_after": 0.5 * stage, "newton_steps": 1}
+            report |= {"cg_iters": 10, "seconds": 1.0, "peak_mem": 0, "kept": 40, "numel": 100, "sparsity": 0.3 * stage}
+            events.append({"kind": "layer_done", "layer": name, "index": i, "stage": stage, "report": report})
+    return events
+
+
 def result(final: float, mask_only: float = 0.8, seed: int = 0) -> dict:
     return {
         "top1_dense": 0.93,
@@ -100,3 +121,15 @@ def populate(home: Path) -> dict[str, str]:
     store.claim_next(pid=stand_in.pid)
     solve_events(store, ids["running"], LAYERS[:1], trajectory=False)
     return ids
+
+
+def add_staged_run(home: Path) -> str:
+    """A finished run of two layers in two passes after a sensitivity scan (events as prune_model emits them)."""
+    store = RunStore(home)
+    config = PruneConfig(sparsity=0.7, allocation="sensitivity", stages=2, k=1)
+    run_id = store.create(RunSpec(model="mlp", config=config), "0.1.0")
+    store.claim_next(pid=1)
+    for event in staged_events():
+        store.append_event(run_id, event["kind"], event)
+    store.finish(run_id, RunStatus.DONE, result(0.88))
+    return run_id

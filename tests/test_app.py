@@ -1,13 +1,14 @@
 """The Streamlit app through AppTest: every page renders (empty store and one with runs in every state),
 the launch form queues the chosen spec, and bad values show an error and store nothing."""
 
+import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from snows_core.runs import RunStore
-from tests.store_fixtures import populate
+from tests.store_fixtures import add_staged_run, populate
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "learn"]
@@ -43,6 +44,15 @@ def test_every_page_renders_with_runs_in_every_state(home, page):
         assert len(at.get("plotly_chart")) == 3
     if page == "compare":
         assert at.success and len(at.get("plotly_chart")) == 2  # the sweep is comparable
+
+
+def test_a_staged_run_shows_its_passes_and_allocation(home):
+    run = add_staged_run(home)
+    at = open_page("run_detail", run=run)
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert "Loss and sparsity after each pass" in titles and "Allocated sparsity per layer" in titles
+    assert any(title.startswith("Sensitivity scan") for title in titles)
+    assert "2 stages" in at.markdown[0].value
 
 
 def test_a_failed_run_shows_its_error(home):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from snows_core.cli import main
@@ -47,3 +48,16 @@ def test_bad_flags_exit_nonzero_with_the_field_named(tmp_path, capsys):
     assert main(["prune", "--sparsity", "1.5", "--out", str(tmp_path)]) == 2
     assert "sparsity" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_prune_takes_the_frontier_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--model", "mlp", "--mask", "sparsegpt", "--stages", "2", "--allocation", "lamp", "--sparsity", "0.8"]
+    code = main(["prune", *flags, "--k", "1", "--n-calib", "32", "--eval-size", "100", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["stages"] == 2 and report["config"]["mask"] == "sparsegpt"
+    assert [r["stage"] for r in report["passes"]] == [1, 1, 2, 2] and len(report["layers"]) == 2
+    assert report["allocation"]["allocation"] == "lamp" and report["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert main(["prune", "--stages", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "stages must be an integer >= 1" in capsys.readouterr().err

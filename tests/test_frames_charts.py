@@ -1,19 +1,23 @@
 """Store -> DataFrames (snows_core.frames) and DataFrames -> Plotly figures (snows_core.charts)."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from snows_core import charts
+from snows_core import PruneConfig, charts
 from snows_core.frames import (
+    allocation_frame,
     comparability,
     layers_frame,
     mask_update_matrix,
     runs_frame,
+    scan_frame,
+    series_label,
     steps_frame,
     trajectory_frame,
 )
-from snows_core.runs import RunStore
-from tests.store_fixtures import LAYERS, populate
+from snows_core.runs import RunSpec, RunStore
+from tests.store_fixtures import LAYERS, populate, staged_events
 
 
 @pytest.fixture
@@ -104,3 +108,43 @@ def test_mask_heatmap_shows_kept_weights():
     mask = pd.DataFrame([[1, 0, 1, 0], [0, 1, 1, 0]])
     fig = charts.mask_heatmap(mask, "2:4")
     assert fig.data[0].z.tolist() == [[1, 0, 1, 0], [0, 1, 1, 0]] and fig.layout.title.text == "2:4"
+
+
+def test_stages_show_as_passes_in_frames_and_charts():
+    events = staged_events()
+    steps = steps_frame(events)
+    assert list(steps["stage"]) == [1, 1, 1, 1, 2, 2, 2, 2] and list(steps["step"]) == [0, 1] * 4
+    assert [t.name for t in charts.loss_curves(steps).data] == ["a · pass 1", "b · pass 1", "a · pass 2", "b · pass 2"]
+    assert [t.name for t in charts.cg_iterations(steps).data] == ["pass 1 step 1", "pass 2 step 1"]
+    passes, last = layers_frame(events), layers_frame(events, last_pass_only=True)
+    assert list(passes["stage"]) == [1, 1, 2, 2] and list(last["stage"]) == [2, 2]
+    assert list(last["sparsity"]) == [0.6, 0.6]
+    fig = charts.pass_losses(passes)
+    assert [t.name for t in fig.data if t.type == "scatter"] == ["pass 1", "pass 2"]
+    assert list(fig.data[2].y) == [1.0, 1.0]  # pass 2's losses
+
+
+def test_allocation_and_scan_frames_and_heatmap():
+    events = staged_events()
+    allocated, scan = allocation_frame(events), scan_frame(events)
+    assert allocated.to_dict("list") == {"layer": ["a", "b"], "sparsity": [0.6, 0.8]}
+    assert list(scan.index) == ["a", "b"] and list(scan.columns) == [0.5, 0.9]
+    assert scan.loc["b", 0.9] == 0.2
+    fig = charts.allocation_heatmap(scan, allocated)
+    np.testing.assert_allclose(fig.data[0].z, [[-1.0, 0.0], [-2.0, np.log10(0.2)]])
+    assert list(fig.data[1].x) == ["0.5", "0.9"]  # allocated 0.6 and 0.8, drawn at the nearest scanned column
+    assert allocation_frame([]).empty and scan_frame([]).empty
+
+
+def test_labels_name_the_allocation_and_stages():
+    row = {"mask": "sparsegpt", "pattern": "unstructured", "reconstruction": "snows", "k": 3}
+    assert series_label({**row, "allocation": "uniform", "stages": 1}) == "sparsegpt + snows K=3"
+    assert series_label({**row, "allocation": "lamp", "stages": 4}) == "sparsegpt + snows K=3 (lamp, 4 stages)"
+
+
+def test_progress_counts_every_pass(home):
+    store = RunStore(home)
+    run = store.create(RunSpec(model="mlp", config=PruneConfig(stages=3, k=1)), "0.1.0")
+    store.append_event(run, "run_started", {"kind": "run_started", "layers": ["a", "b"], "device": "cpu", "stages": 3})
+    store.append_event(run, "layer_done", {"kind": "layer_done", "layer": "a"})
+    assert store.progress()[run] == (1, 6)

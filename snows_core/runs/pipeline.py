@@ -4,7 +4,7 @@
 Top-1 is measured on the same test images three times: dense, mask only (the dense weights times the
 final masks), and final. With `spec.trajectory` it is also measured after each pruned layer: SNOWS
 changes only the layer being solved, so the network after layer i is the dense one with the final
-weights of layers 0..i, rebuilt here without touching the solve.
+weights of layers 0..i, rebuilt here without touching the solve (with stages: the last pass's weights).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]
         "calib_digest": hashlib.sha256(f"{spec.dataset}:{ids}".encode()).hexdigest()[:12],
         "sparsity": result.sparsity,
         "layer_sparsity": {r.name: r.sparsity for r in result.layers},
+        "allocation": result.allocation,
         "trajectory": trajectory,
         "prune_seconds": result.seconds,
         "seconds": time.perf_counter() - tic,

@@ -253,11 +253,13 @@ class RunStore:
             return {r[0]: json.loads(r[1]) for r in db.execute("SELECT run_id, payload FROM results")}
 
     def progress(self) -> dict[str, tuple[int, int | None]]:
-        """(layers done, layers in the run or None before it started) for every run with events."""
+        """(layers done, layers in the run or None before it started) for every run with events; with
+        stages, every pass counts its layers (a 3-pass run of 18 layers has 54 to do)."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT run_id, SUM(kind = 'layer_done'), "
-                "MAX(CASE WHEN kind = 'run_started' THEN json_array_length(payload, '$.layers') END) "
+                "MAX(CASE WHEN kind = 'run_started' THEN json_array_length(payload, '$.layers') "
+                "* COALESCE(json_extract(payload, '$.stages'), 1) END) "
                 "FROM events WHERE kind IN ('layer_done', 'run_started') GROUP BY run_id"
             ).fetchall()
         return {r[0]: (int(r[1]), r[2]) for r in rows}

@@ -1,0 +1,57 @@
+"""A layer's input columns and their Gram matrices: what least squares and SparseGPT read of the data.
+
+A Linear layer's columns are its input features; a Conv2d's are the im2col columns (input channel,
+kernel row, kernel column), per group, so one code path serves both: the layer's output row o is
+W_o . x for every column x. Gram matrices accumulate in float64 over mini-batches of float32 products.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["layer_columns", "input_grams", "columns_unsupported"]
+
+
+def columns_unsupported(module: nn.Module) -> str | None:
+    """Why the layer has no input columns here (None when it has)."""
+    if isinstance(module, nn.Linear):
+        return None
+    if not isinstance(module, nn.Conv2d):
+        return f"{type(module).__name__} is neither Linear nor Conv2d"
+    if isinstance(module.padding, str):
+        return f"its padding is {module.padding!r}; only numeric padding is supported"
+    if module.padding_mode != "zeros":
+        return f"its padding_mode is {module.padding_mode!r}; only 'zeros' is supported"
+    return None
+
+
+def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input columns, (groups, d, n*L): im2col for a conv, features for a Linear."""
+    reason = columns_unsupported(module)
+    if reason:
+        raise ValueError(f"no input columns for {module}: {reason}")
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).T[None]  # (1, in, rows)
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (n, C*k*k, L)
+    cols = cols.unflatten(1, (module.groups, -1))  # (n, groups, d, L)
+    return cols.permute(1, 2, 0, 3).flatten(2)  # (groups, d, n*L)
+
+
+def input_grams(
+    module: nn.Module, x: torch.Tensor, x_target: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """G = X X^T and C = X X_t^T per group, (groups, d, d) in float64, and the output's numel.
+
+    X are the columns of `x` (the pruned path), X_t those of `x_target` (the input that produced the
+    target); with x_target is x, C = G.
+    """
+    gram, cross, numel_out = 0, 0, 0
+    for chunk, chunk_t in zip(x.split(batch_size), x_target.split(batch_size), strict=True):
+        cols = layer_columns(module, chunk)  # (groups, d, n*L)
+        cols_t = cols if x_target is x else layer_columns(module, chunk_t)
+        gram = gram + (cols @ cols.transpose(1, 2)).double()
+        cross = cross + (cols @ cols_t.transpose(1, 2)).double()
+        numel_out += cols.shape[-1] * module.weight.shape[0]
+    return gram, cross, numel_out

@@ -1,0 +1,173 @@
+"""SparseGPT (Frantar & Alistarh, ICML 2023): choose a layer's mask and update its kept weights together.
+
+For a layer with weight rows w and input columns X, SparseGPT approximately solves the sparse
+regression min ||W X - W_0 X||^2 over masked W, column by column, with the Optimal Brain Surgeon
+update: pruning (or keeping) column j's weights and compensating the error on the columns not yet
+processed, F = {j, ..., d-1},
+
+    W[:, F] -= (w_j - q_j) / [H_F^-1]_jj  [H_F^-1]_{j, F},     H = 2 X X^T + lambda I,
+
+where q_j is w_j with the pruned entries zeroed. Every [H_F^-1] row it needs is a row of the upper
+Cholesky factor of H^-1 (divided by its diagonal), so one factorisation serves all columns. Columns
+go in blocks of 128: inside a block the updates are applied column by column, to the rest of the
+matrix once per block (lazy batch updates). The mask of a block is chosen when the block starts, by
+the OBS saliency w^2 / [H_F^-1]_jj = w^2 / U_jj^2 (U the upper Cholesky factor of H^-1) over all its
+rows (adaptive mask selection); for N:M, within each group of M columns. lambda is 1% of the mean
+diagonal of H.
+
+Here: counts are exact (the layer keeps exactly the weights its allocation gives it: the prune count
+is split over blocks by cumulative rounding); weights pruned by an earlier pass (`prior`) are pruned
+first; convs use their im2col columns per group, reordered to (kernel row, kernel column, input
+channel) for N:M so that groups run along input channels like every N:M mask of this library.
+
+In the layer loop the objective is the layer's part of the SNOWS objective, ||W X - W_dense X_t||^2
+with X the pruned path's columns and X_t the dense path's, plus SparseGPT's damping as a ridge
+toward the dense weights, lambda ||W - W_dense||^2. With G = X X^T and C = X_t X^T this equals
+(W - W*)(G + lambda I)(W - W*)^T plus a constant for W* = W_dense (C + lambda I)(G + lambda I)^-1, so
+SparseGPT starts from W* with the same damped Hessian. When the two paths agree (X_t = X), W* is
+W_dense: exactly the paper's problem.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from snows_core.columns import input_grams
+from snows_core.masks import LayerInputs, MaskChoice
+
+__all__ = ["sparsegpt_prune", "sparsegpt_layer", "BLOCK_SIZE", "RELATIVE_DAMPING"]
+
+BLOCK_SIZE = 128
+RELATIVE_DAMPING = 0.01  # lambda = 1% of the mean diagonal of H, as the paper
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    prune: int | None = None,
+    nm: tuple[int, int] | None = None,
+    prior: torch.Tensor | None = None,
+    block_size: int = BLOCK_SIZE,
+    relative_damping: float = RELATIVE_DAMPING,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune `prune` weights of `weight` (rows, d) (or keep N of every M columns), SparseGPT-style.
+
+    Args:
+        weight: (rows, d), the weights to start from.
+        hessian: (d, d), H = 2 X X^T of the layer's input columns (undamped; scale does not matter).
+        prune: how many weights to zero in all (unstructured); exactly this many are.
+        nm: (N, M) to keep N of every M consecutive columns instead (d a multiple of M).
+        prior: bool (rows, d), True = still kept: weights already pruned stay pruned (and go first).
+        block_size: columns per lazy batch update.
+        relative_damping: lambda as a fraction of the mean diagonal of H.
+
+    Returns:
+        (mask, weight): bool (rows, d) with True = kept, and the updated weights, zero where pruned.
+    """
+    if (prune is None) == (nm is None):
+        raise ValueError("give exactly one of prune (a count) or nm (an N:M pattern)")
+    rows, d = weight.shape
+    w = weight.detach().to(torch.float64).clone()  # (rows, d)
+    h = hessian.detach().to(torch.float64).clone()  # (d, d)
+    dead = h.diagonal() == 0  # inputs that are always zero carry no information
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(relative_damping * h.diagonal().mean())
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (d, d)
+    kept = torch.ones(rows, d, dtype=torch.bool, device=w.device) if prior is None else prior.clone()
+    for start in range(0, d, block_size):
+        end = min(start + block_size, d)
+        block, block_inv = w[:, start:end].clone(), hinv[start:end, start:end]  # (rows, b), (b, b)
+        if nm is None:
+            count = _block_count(prune, d, start, end)
+            kept[:, start:end] &= _lowest_pruned(block, block_inv.diagonal(), kept[:, start:end], count)
+        errors = torch.zeros_like(block)  # (rows, b)
+        for i in range(end - start):
+            if nm is not None and i % nm[1] == 0:
+                local, group = slice(i, i + nm[1]), slice(start + i, start + i + nm[1])
+                kept[:, group] &= _nm_keep(block[:, local], block_inv.diagonal()[local], kept[:, group], nm)
+            column = block[:, i]  # (rows,)
+            target = column * kept[:, start + i]
+            errors[:, i] = (column - target) / block_inv[i, i]
+            block[:, i:] -= errors[:, i : i + 1] * block_inv[i, i:][None]
+            block[:, i] = target
+        w[:, start:end] = block
+        w[:, end:] -= errors @ hinv[start:end, end:]
+    return kept, (w * kept).to(weight.dtype)
+
+
+def _block_count(prune: int, d: int, start: int, end: int) -> int:
+    """The block's share of the prune count, by cumulative rounding (the shares sum to `prune`)."""
+    return round(prune * end / d) - round(prune * start / d)
+
+
+def _saliency(block: torch.Tensor, inv_diag: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """OBS saliency w^2 / U_jj^2 (U_jj^2 = [H_F^-1]_jj); weights pruned before score -1 so they go first."""
+    return torch.where(kept, block.pow(2) / inv_diag.pow(2)[None], torch.full_like(block, -1.0))
+
+
+def _lowest_pruned(block: torch.Tensor, inv_diag: torch.Tensor, kept: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep-mask of a block with its `count` lowest-saliency weights (over all rows) pruned."""
+    keep = torch.ones_like(kept)
+    if count > 0:
+        lowest = torch.topk(_saliency(block, inv_diag, kept).flatten(), count, largest=False).indices
+        keep.view(-1)[lowest] = False
+    return keep
+
+
+def _nm_keep(group: torch.Tensor, inv_diag: torch.Tensor, kept: torch.Tensor, nm: tuple[int, int]) -> torch.Tensor:
+    """Keep-mask of one group of M columns: the M - N lowest-saliency weights of each row pruned."""
+    n, m = nm
+    keep = torch.ones_like(kept)
+    if m > n:
+        keep.scatter_(1, torch.topk(_saliency(group, inv_diag, kept), m - n, dim=1, largest=False).indices, False)
+    return keep
+
+
+def sparsegpt_layer(inputs: LayerInputs) -> MaskChoice:
+    """SparseGPT on one Linear/Conv2d layer of the loop: per group, on the pruned path's input columns."""
+    module, weight = inputs.module, inputs.weight
+    groups = module.groups if isinstance(module, nn.Conv2d) else 1
+    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_target, inputs.batch_size)
+    gram, cross, _ = grams  # (groups, d, d) each
+    rows = weight.reshape(groups, weight.shape[0] // groups, -1).double()  # (groups, out/g, d)
+    prior = None if inputs.prior is None else inputs.prior.reshape(rows.shape)
+    order = _column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
+    prune = weight.numel() - inputs.keep if inputs.nm is None else None
+    same_inputs = inputs.x_target is inputs.x or torch.equal(inputs.x_target, inputs.x)
+    masks, weights = [], []
+    for g in range(groups):
+        start = rows[g] if same_inputs else _least_squares_start(rows[g], gram[g], cross[g])
+        share = None if prune is None else round(prune * (g + 1) / groups) - round(prune * g / groups)
+        keep, solved = sparsegpt_prune(
+            start[:, order],
+            2 * gram[g][order][:, order],
+            prune=share,
+            nm=inputs.nm,
+            prior=None if prior is None else prior[g][:, order],
+        )
+        inverse = torch.argsort(order)
+        masks.append(keep[:, inverse])
+        weights.append(solved[:, inverse])
+    mask = torch.stack(masks).reshape(weight.shape)
+    return MaskChoice(mask, torch.stack(weights).reshape(weight.shape).to(weight.dtype))
+
+
+def _column_order(weight: torch.Tensor) -> torch.Tensor:
+    """Column permutation putting a conv's im2col columns in (kernel row, kernel column, input channel) order."""
+    if weight.dim() == 2:
+        return torch.arange(weight.shape[1], device=weight.device)
+    c, kh, kw = weight.shape[1:]
+    return torch.arange(c * kh * kw, device=weight.device).view(c, kh, kw).permute(1, 2, 0).flatten()  # (d,)
+
+
+def _least_squares_start(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """W* = W_dense (C + lambda I)(G + lambda I)^-1, minimising ||W X - W_dense X_t||^2 + lambda ||W - W_dense||^2."""
+    ridge = RELATIVE_DAMPING * gram.diagonal().mean()  # H = 2G is damped by 2 ridge: the same lambda
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    factor, info = torch.linalg.cholesky_ex(gram + ridge * eye)  # (d, d)
+    if info:
+        return rows
+    # (G + lambda I) W*^T = (C^T + lambda I) W_dense^T, where C^T = X X_t^T is input_grams' cross
+    return torch.cholesky_solve((cross + ridge * eye) @ rows.T, factor).T  # (out/g, d)
