@@ -54,7 +54,7 @@ st.dataframe(
 
 layers = pd.concat(
     [
-        layers_frame(store().events(run_id)).assign(run=f"{run_id[-6:]} {label}")
+        layers_frame(store().events(run_id), last_pass_only=True).assign(run=f"{run_id[-6:]} {label}")
         for run_id, label in zip(picked["id"], picked["label"], strict=True)
     ],
     ignore_index=True,

@@ -39,6 +39,16 @@ PRESETS = {
         "n_calib": 256,
         "eval_size": 1000,
     },
+    "Best at high sparsity: 90% in 5 gradual stages (resnet20)": {
+        "model": "resnet20",
+        "masks": ["magnitude"],
+        "updates": ["snows"],
+        "sparsities": "0.9",
+        "ks": "3",
+        "stages": 5,
+        "n_calib": 256,
+        "eval_size": 1000,
+    },
     "Paper: ResNet-20 CIFAR-10": {
         "model": "resnet20_cifar10",
         "dataset": "cifar10",

@@ -14,8 +14,8 @@ from snows_core.runs import RunSpec
 from snows_core.runs.bundle import export_bundle, import_bundle
 from snows_core.runs.executor import submit
 
-COLUMNS = ["id", "status", "progress", "model", "mask", "reconstruction", "k", "pattern", "sparsity"]
-COLUMNS += ["top1_dense", "top1_mask_only", "top1_final", "seconds", "sweep_id"]
+COLUMNS = ["id", "status", "progress", "model", "mask", "reconstruction", "k", "pattern", "allocation", "stages"]
+COLUMNS += ["sparsity", "top1_dense", "top1_mask_only", "top1_final", "seconds", "sweep_id"]
 CONFIG = {
     "id": st.column_config.TextColumn("run"),
     "progress": st.column_config.ProgressColumn("layers", min_value=0.0, max_value=1.0, format="percent"),

@@ -95,20 +95,19 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
     return row
 
 
-def update_label(reconstruction: str, k: int) -> str:
-    """How the kept weights were updated: "none", "lstsq" or "snows K=k"."""
-    return f"snows K={k}" if reconstruction == "snows" else reconstruction
+def update_label(reconstruction: str, k: int, stages: int = 1) -> str:
+    """How the kept weights were updated: "none", "lstsq" or "snows K=k" (", S stages" when gradual)."""
+    label = f"snows K={k}" if reconstruction == "snows" else reconstruction
+    return label + (f", {stages} stages" if stages > 1 else "")
 
 
 def series_label(row: dict[str, Any] | pd.Series) -> str:
     """One curve of the trade-off charts: mask method x update (x pattern when N:M, allocation and stages
     when not the defaults)."""
     pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
-    recipe = [row["allocation"]] if row.get("allocation", "uniform") != "uniform" else []
-    stages = int(row.get("stages", 1) or 1)
-    recipe += [f"{stages} stages"] if stages > 1 else []
-    label = f"{row['mask']}{pattern} + {update_label(row['reconstruction'], int(row['k']))}"
-    return label + (f" ({', '.join(recipe)})" if recipe else "")
+    allocation = f" ({row['allocation']})" if row.get("allocation", "uniform") != "uniform" else ""
+    update = update_label(row["reconstruction"], int(row["k"]), int(row.get("stages", 1) or 1))
+    return f"{row['mask']}{pattern} + {update}{allocation}"
 
 
 def steps_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -189,7 +188,10 @@ def mask_update_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if done.empty:
         empty = pd.DataFrame()
         return empty, empty
-    done["update"] = [update_label(r, int(k)) for r, k in zip(done["reconstruction"], done["k"], strict=True)]
+    done["update"] = [
+        update_label(r, int(k), int(s))
+        for r, k, s in zip(done["reconstruction"], done["k"], done["stages"], strict=True)
+    ]
     newest = done.sort_values("created").groupby(["mask", "update"]).last()
     columns = sorted(newest.index.get_level_values("update").unique(), key=_update_order)
     top1 = newest["top1_final"].unstack("update").reindex(columns=columns)
@@ -197,10 +199,11 @@ def mask_update_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return top1, gain
 
 
-def _update_order(label: str) -> tuple[int, int]:
+def _update_order(label: str) -> tuple[int, int, int]:
+    stages = int(label.split(", ")[1].split()[0]) if ", " in label else 1
     if label.startswith("snows K="):
-        return 2, int(label.split("=")[1])
-    return (0, 0) if label == "none" else (1, 0)
+        return 2, int(label.split("=")[1].split(",")[0]), stages
+    return (0, 0, stages) if label.startswith("none") else (1, 0, stages)
 
 
 def comparability(runs: pd.DataFrame) -> list[str]:

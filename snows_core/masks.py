@@ -73,7 +73,7 @@ class LayerInputs:
 
     name: str
     module: nn.Module
-    weight: torch.Tensor  # the layer's current weight (dense on the first pass)
+    weight: torch.Tensor  # the layer's dense weight (what its targets are computed with)
     x: torch.Tensor  # (N, ...) the layer's input on the pruned path
     x_target: torch.Tensor  # (N, ...) the input that produced the targets (the dense path's, or x itself)
     keep: int  # weights to keep in all (unstructured)

@@ -107,6 +107,15 @@ def test_the_paper_preset_asks_for_a_checkpoint(home):
     assert at.error and "checkpoint" in at.error[0].value
 
 
+def test_the_best_recipe_preset_fills_a_gradual_run(home):
+    at = open_page("launch")
+    at.selectbox(key="preset").set_value("Best at high sparsity: 90% in 5 gradual stages (resnet20)").run()
+    assert at.number_input(key="stages").value == 5 and at.text_input(key="sparsities").value == "0.9"
+    assert at.multiselect(key="masks").value == ["magnitude"] and at.multiselect(key="updates").value == ["snows"]
+    assert "sparsegpt" in at.multiselect(key="masks").options and "lamp" in at.radio(key="allocation").options
+    assert not at.error and any("about" in m.value for m in at.markdown)  # forecast shown, ready to launch
+
+
 def test_the_launch_form_keeps_its_values_across_pages(home):
     at = open_page("launch")
     at.text_input(key="sparsities").set_value("0.8").run()

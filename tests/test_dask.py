@@ -48,7 +48,9 @@ def test_cancel_reaches_a_task_running_on_the_cluster(home, cluster):
     solving(run)
     assert cli("cancel", run).stdout.strip() == "running"
     cancelled = wait_for(run, lambda s: s["status"] != "running", timeout=60)
-    assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled by request"
+    # the task stops at its next Newton step, or (a step longer than the grace period) the bridge cancels it
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["error"] in ("cancelled by request", "cancelled on the cluster after the cancel request")
 
 
 @pytest.mark.parametrize(

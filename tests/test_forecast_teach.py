@@ -45,6 +45,16 @@ def test_the_forecast_uses_past_runs_on_this_machine_first(tmp_path):
     predicted = forecast(BASE, probed, store)
     assert predicted.seconds == 20.0 and predicted.peak_bytes == 2**30
     assert predicted.basis == "median of 3 past runs on this machine"
+    staged = dataclasses.replace(BASE, config=dataclasses.replace(BASE.config, stages=3))
+    assert forecast(staged, probed, store).basis == "estimated from a probe"  # other stages: not the same work
+
+
+def test_stages_and_a_sensitivity_scan_raise_the_probe_forecast():
+    probed = probe("mlp", 16, "cpu")
+    with_config = lambda **kw: dataclasses.replace(BASE, config=dataclasses.replace(BASE.config, **kw))  # noqa: E731
+    one, two, three = (forecast(with_config(stages=s), probed).seconds for s in (1, 2, 3))
+    assert two > one and three - one == pytest.approx(2 * (two - one))  # every stage repeats the layer loop
+    assert forecast(with_config(allocation="sensitivity"), probed).seconds > one
 
 
 def test_the_probe_counts_the_mlp_exactly_and_a_forecast_that_cannot_fit_says_so():

@@ -15,6 +15,7 @@ from snows_core.frames import (
     series_label,
     steps_frame,
     trajectory_frame,
+    update_label,
 )
 from snows_core.runs import RunSpec, RunStore
 from tests.store_fixtures import LAYERS, populate, staged_events
@@ -139,7 +140,8 @@ def test_allocation_and_scan_frames_and_heatmap():
 def test_labels_name_the_allocation_and_stages():
     row = {"mask": "sparsegpt", "pattern": "unstructured", "reconstruction": "snows", "k": 3}
     assert series_label({**row, "allocation": "uniform", "stages": 1}) == "sparsegpt + snows K=3"
-    assert series_label({**row, "allocation": "lamp", "stages": 4}) == "sparsegpt + snows K=3 (lamp, 4 stages)"
+    assert series_label({**row, "allocation": "lamp", "stages": 4}) == "sparsegpt + snows K=3, 4 stages (lamp)"
+    assert update_label("lstsq", 0, 2) == "lstsq, 2 stages" and update_label("snows", 3) == "snows K=3"
 
 
 def test_progress_counts_every_pass(home):
