@@ -108,7 +108,8 @@ CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the typ
     "cg_tol": float,
     "damping": float,
     "curvature": str,  # exact or gauss-newton
-    "targets": str,  # dense or pruned-input
+    "curvature_fraction": float,  # share of each batch the CG products see
+    "targets": str,  # dense, pruned-input or official
     "stages": int,  # passes that reach the sparsity gradually
     "seed": int,
     "device": str,  # auto, cpu, cuda

@@ -10,7 +10,7 @@ scored no better); the least-squares warm start (MP+) removes most of the error 
 Gram matrix; from there one Newton pass with 10 CG iterations lands within 0.2% of the K=3 optimum
 (more iterations, 25 or 50, or more passes changed top-1 by under a point at several times the cost).
 The official code's defaults (damping 1e-4, CG tol 1e-3, 500 CG iterations, 3 passes, batch 512)
-are reachable through the same fields.
+are reachable through the same fields, and targets="official" gives its objective.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 
 PATTERNS_HELP = '"unstructured" or "N:M" with 0 < N <= M, such as "2:4"'
 CURVATURES = ("exact", "gauss-newton")
-TARGETS = ("dense", "pruned-input")
+TARGETS = ("dense", "pruned-input", "official")
 DEVICES_HELP = '"auto", "cpu", "cuda" or "cuda:N"'
 _NM = re.compile(r"^(\d+):(\d+)$")
 
@@ -61,14 +61,21 @@ class PruneConfig:
         batch_size: images per Newton step.
         newton_steps: passes over the calibration set per layer.
         cg_iters: most conjugate-gradient iterations per Newton step.
-        cg_tol: CG stops when the residual falls below cg_tol times the gradient norm.
+        cg_tol: CG stops when the residual falls below cg_tol times the gradient norm (below cg_tol
+            itself with targets="official").
         damping: added to the Hessian's diagonal in CG (and, scaled alike, the lstsq ridge).
         curvature: "exact" (double backprop) or "gauss-newton" (J^T J: the exact Hessian almost
             everywhere when the window is piecewise linear, as in ReLU CNNs; PSD otherwise).
+        curvature_fraction: share of each mini-batch's images (drawn afresh every Newton step) on which
+            the CG curvature products are taken; the gradient and the line search use the whole batch
+            (Martens 2010). Products cost in proportion.
         warm_start: start SNOWS from the layer-wise least-squares solution ("MP+").
         targets: "dense": reconstruct the dense network's own activations at the window's taps, so
             the error of every earlier layer is compensated too; "pruned-input": the dense window
-            applied to the pruned path's inputs, so only this layer's error is.
+            applied to the pruned path's inputs, so only this layer's error is; "official": the
+            official SNOWS code's objective: the dense network run from the input of the block that
+            holds the layer (on the pruned path), taps at convs and activations only (never the
+            logits), and CG stopping on an absolute residual below cg_tol.
         layers: layer names to prune; None means every Conv2d/Linear but the first and the last.
         stages: passes over the network that reach the sparsity gradually (pass i of S at
             sparsity * (1 - (1 - i/S)^3), Zhu & Gupta 2017); each re-chooses the masks from the
@@ -91,6 +98,7 @@ class PruneConfig:
     cg_tol: float = 1e-3
     damping: float = 1e-4
     curvature: str = "exact"
+    curvature_fraction: float = 1.0
     warm_start: bool = True
     targets: str = "dense"
     layers: tuple[str, ...] | None = None
@@ -131,6 +139,9 @@ class PruneConfig:
         _require_choice("targets", self.targets, TARGETS)
         for name in ("k", "n_calib", "batch_size", "newton_steps", "cg_iters", "stages", "seed"):
             _require_int(name, getattr(self, name), minimum=0 if name in ("k", "seed") else 1)
+        _require_number("curvature_fraction", self.curvature_fraction, "a number in (0, 1]")
+        if not 0.0 < self.curvature_fraction <= 1.0:
+            raise ValueError(f"curvature_fraction must be in (0, 1]; got {self.curvature_fraction}")
         for name in ("cg_tol", "damping"):
             _require_number(name, getattr(self, name), "a number >= 0")
             if getattr(self, name) < 0:

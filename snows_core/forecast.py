@@ -120,7 +120,8 @@ def _seconds(spec: RunSpec, p: Probe) -> float:
     dense_forward = p.seconds_per_image * c.n_calib
     window = min(1.0, (c.k + 2) / max(p.layers, 1))
     per_layer = {"none": 0.3, "lstsq": 1.5}.get(
-        c.reconstruction, 1.5 + c.newton_steps * (HVP_FORWARDS * c.cg_iters + LINE_SEARCH_FORWARDS) * window
+        c.reconstruction,
+        1.5 + c.newton_steps * (HVP_FORWARDS * c.cg_iters * c.curvature_fraction + LINE_SEARCH_FORWARDS) * window,
     )
     per_layer += 1.0 if c.mask == "sparsegpt" else 0.0
     scan = len(scan_sparsities(c.layer_sparsity_cap)) * 1.5 if c.allocation == "sensitivity" else 0.0
@@ -137,7 +138,17 @@ def _peak_bytes(spec: RunSpec, p: Probe) -> int:
 
 
 def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
-    keys = ("reconstruction", "k", "n_calib", "newton_steps", "cg_iters", "device", "stages", "allocation")
+    keys = (
+        "reconstruction",
+        "k",
+        "n_calib",
+        "newton_steps",
+        "cg_iters",
+        "curvature_fraction",
+        "device",
+        "stages",
+        "allocation",
+    )
     wanted = {key: getattr(spec.config, key) for key in keys}
     results = store.results()
     matches = []

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import traceback
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,14 +33,17 @@ import torch.nn.functional as F
 
 __all__ = [
     "OPERATION_KINDS",
+    "OFFICIAL_KINDS",
     "PRUNABLE_TYPES",
     "register_leaf_module",
     "trace",
     "Window",
     "build_window",
     "build_tail",
+    "block_inputs",
     "prunable_nodes",
     "PrunedPath",
+    "FrozenBatchNorm",
 ]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -62,6 +65,9 @@ OPERATION_KINDS: dict[object, str] = {
     **dict.fromkeys(_ACTIVATION_FUNCTIONS, "activation"),
     **dict.fromkeys(_ACTIVATION_METHODS, "activation"),
 }
+
+#: The kinds the official SNOWS code counts in CNNs (hooks on Conv2d and ReLU modules; never the classifier).
+OFFICIAL_KINDS = ("conv", "activation")
 
 _LEAF_MODULES: set[type[nn.Module]] = set()
 
@@ -141,8 +147,11 @@ class Window:
     ops: list[tuple[str, str]] = field(default_factory=list)
 
 
-def build_window(gm: fx.GraphModule, layer_node: fx.Node, k: int) -> Window:
-    """Cut the window of `layer_node` reaching K counted operations deeper (fewer at the network's end)."""
+def build_window(gm: fx.GraphModule, layer_node: fx.Node, k: int, kinds: Collection[str] | None = None) -> Window:
+    """Cut the window of `layer_node` reaching K counted operations deeper (fewer at the network's end).
+
+    `kinds` restricts what counts (and becomes a tap) to those operation kinds; None counts every kind.
+    """
     modules = dict(gm.named_modules())
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
     descendants = _descendants(layer_node)
@@ -151,7 +160,7 @@ def build_window(gm: fx.GraphModule, layer_node: fx.Node, k: int) -> Window:
         if len(taps) > k:
             break
         kind = operation_kind(node, modules)
-        if kind is not None:
+        if kind is not None and (kinds is None or kind in kinds):
             taps.append(node)
             ops.append((node.name, kind))
     inside = _ancestors_within(taps, descendants | {layer_node})
@@ -171,6 +180,18 @@ def build_tail(gm: fx.GraphModule, layer_node: fx.Node) -> Window:
         raise ValueError(f"the model's output does not depend on {layer_node.target}")
     module, externals = _window_module(gm, layer_node, inside, [result], _constant_nodes(gm), order)
     return Window(layer_node.target, module, externals, [result], [(result.name, "output")])
+
+
+def block_inputs(gm: fx.GraphModule, layer_node: fx.Node) -> list[fx.Node]:
+    """The values entering the module that holds the layer (a residual block, say): what the block reads
+    from outside itself, in topological order. For a layer held by the model itself, the model's input."""
+    owners = list(layer_node.meta.get("nn_module_stack", {}))
+    block = owners[-2] if len(owners) > 1 else None
+    if block is None:
+        return [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
+    inside = {n for n in gm.graph.nodes if block in n.meta.get("nn_module_stack", {})}
+    reads = {arg for n in inside for arg in n.all_input_nodes if arg not in inside and arg.op != "get_attr"}
+    return [n for n in gm.graph.nodes if n in reads]
 
 
 def _descendants(node: fx.Node) -> set[fx.Node]:
@@ -236,7 +257,42 @@ def _window_module(
     for node in sorted(inside - {layer_node}, key=order.get):
         env[node] = graph.node_copy(node, lookup)
     graph.output(tuple(env[t] for t in taps))
-    return fx.GraphModule(gm, graph, f"Window_{layer_node.name}"), externals
+    window = fx.GraphModule(gm, graph, f"Window_{layer_node.name}")
+    _freeze_batchnorms(window)
+    return window, externals
+
+
+class FrozenBatchNorm(nn.Module):
+    """An eval-mode BatchNorm as the per-channel affine map it is: x * scale + shift.
+
+    Same values as the module it wraps (up to rounding), but its second derivative is free, where
+    autograd's batch-norm double backward runs the training-mode formula (about 30% of a K=3 window's
+    Hessian-vector product on ResNet-20).
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        scale = torch.rsqrt(bn.running_var + bn.eps)  # (C,)
+        shift = -bn.running_mean * scale  # (C,)
+        if bn.affine:
+            scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.view(shape) + shift.view(shape)
+
+
+def _freeze_batchnorms(window: fx.GraphModule) -> None:
+    """Swap the window's eval-mode BatchNorms (running statistics in use) for `FrozenBatchNorm`."""
+    for node in window.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = window.get_submodule(node.target)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training and module.track_running_stats:
+            parent, _, leaf = node.target.rpartition(".")
+            setattr(window.get_submodule(parent), leaf, FrozenBatchNorm(module))
 
 
 class PrunedPath:
@@ -247,12 +303,19 @@ class PrunedPath:
     """
 
     def __init__(self, gm: fx.GraphModule, inputs: torch.Tensor, batch_size: int) -> None:
-        self.gm, self.batch_size = gm, batch_size
+        self.gm, self.inputs, self.batch_size = gm, inputs, batch_size
         self.order = {node: i for i, node in enumerate(gm.graph.nodes)}
         self.interpreter = fx.Interpreter(gm)
         self.names = {node.name: node for node in gm.graph.nodes}
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.env: dict[fx.Node, object] = {n: n.args[0] if n.args else inputs for n in placeholders}
+
+    def seeded(self, values: dict[str, object]) -> PrunedPath:
+        """A path over the same graph whose nodes named in `values` hold those values; the rest is computed
+        from them (and from the input where nothing seeded lies between)."""
+        path = PrunedPath(self.gm, self.inputs, self.batch_size)
+        path.env.update({self.names[name]: value for name, value in values.items()})
+        return path
 
     def node(self, name: str) -> fx.Node:
         """The node called `name` (traces of identical models name their nodes alike)."""

@@ -12,7 +12,8 @@
    network's inputs; in-loop methods (SparseGPT) choose just before the layer is reconstructed, on its
    pruned-path input. Masks nest: a weight pruned in one pass stays pruned.
 4. In topological order, for each layer: read its input and its window's external inputs from the
-   pruned path and the targets from the dense network, choose the mask (in-loop methods),
+   pruned path and the targets from the dense network (with targets="official": the dense network
+   run from the pruned path at the input of the block holding the layer), choose the mask (in-loop methods),
    reconstruct from the starting point, write the weight, and advance the pruned path past it.
 
 With one pass and a scored mask this is exactly the one-shot SNOWS loop.
@@ -41,7 +42,15 @@ from snows_core.events import (
     RunDone,
     RunStarted,
 )
-from snows_core.lookahead import PrunedPath, Window, prunable_nodes, trace
+from snows_core.lookahead import (
+    OFFICIAL_KINDS,
+    PrunedPath,
+    Window,
+    block_inputs,
+    build_window,
+    prunable_nodes,
+    trace,
+)
 from snows_core.masks import (
     LayerInputs,
     MaskChoice,
@@ -91,7 +100,7 @@ def prune_model(
     calib = calib_images[: config.n_calib].to(device, torch.float32)
     path = PrunedPath(gm, calib, config.batch_size)
     dense_path = (
-        PrunedPath(trace(copy.deepcopy(pruned)), calib, config.batch_size) if config.targets == "dense" else None
+        PrunedPath(trace(copy.deepcopy(pruned)), calib, config.batch_size) if config.targets != "pruned-input" else None
     )
     loop = _Loop(gm, nodes, path, dense_path, config, get_mask_method(config.mask), emit, custom_masks)
     emit(RunStarted([n.target for n in nodes], str(device), config.stages))
@@ -399,6 +408,10 @@ def _layer_problem(
     current = loop.module(node).weight.detach().clone()
     choice, grams = (MaskChoice(planned), None) if planned is not None else _choose(loop, node, final_keep, stage)
     start = current if choice.weight is None else choice.weight
+    window, tap_path = None, None
+    if config.targets == "official":
+        window = build_window(loop.gm, node, config.k, OFFICIAL_KINDS)
+        tap_path = loop.dense_path.seeded({b.name: loop.path.value(b) for b in block_inputs(loop.gm, node)})
     problem, window = layer_problem(
         loop.gm,
         node,
@@ -410,6 +423,8 @@ def _layer_problem(
         loop.dense_weight(node),
         start,
         grams,
+        window,
+        tap_path,
     )
     if choice.weight is not None and stage > 1:  # the previous pass's weights may be the better start
         problem = min(problem, problem.with_mask(choice.mask, current), key=lambda p: p.start_loss)

@@ -24,6 +24,7 @@ No method ends above the lower of the mask-only loss and the starting point's lo
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ from snows_core.solver import (
     conjugate_gradient,
     exact_curvature,
     gauss_newton_curvature,
+    loss_and_gradient,
     tap_loss,
 )
 
@@ -166,16 +168,21 @@ def layer_problem(
     start_weight: torch.Tensor | None = None,
     grams: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     window: Window | None = None,
+    tap_path: PrunedPath | None = None,
 ) -> tuple[LayerProblem, Window]:
     """Layer `node`'s objective over its K-window: inputs from `path` (the network being pruned), targets
     from `dense_path` (the dense network's own values at the taps) or, without it, the dense window on
     the same inputs. `dense_weight` defaults to the layer's current weight, `start_weight` to that
-    weight times the mask; `window` replaces the K-window (e.g. `build_tail`: the rest of the network)."""
+    weight times the mask; `window` replaces the K-window (e.g. `build_tail`: the rest of the network);
+    `tap_path`, when given, supplies the tap targets instead of `dense_path` (which still supplies the
+    layer's dense input for the least-squares fit)."""
     window = window or build_window(gm, node, k)
     module = gm.get_submodule(node.target)
     targets, x_target = [], None
     if dense_path is not None:
-        x_target, *targets = (dense_path.value(dense_path.node(n.name)) for n in [node.args[0], *window.taps])
+        x_target = dense_path.value(dense_path.node(node.args[0].name))
+        tap_path = tap_path or dense_path
+        targets = [tap_path.value(tap_path.node(n.name)) for n in window.taps]
     problem = LayerProblem(
         node.target,
         module,
@@ -282,7 +289,10 @@ def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: Ev
     for _ in range(cfg.newton_steps):
         for batch in problem.batches(torch.randperm(n_batches, generator=generator)):
             tic = time.perf_counter()
-            free, cg_iters, alpha, loss, new_loss, residual = _newton_step(problem, cfg, curvature, free, batch)
+            curvature_batch = _curvature_batch(batch, cfg.curvature_fraction, generator)
+            free, cg_iters, alpha, loss, new_loss, residual = _newton_step(
+                problem, cfg, curvature, free, batch, curvature_batch
+            )
             steps, cg_total = steps + 1, cg_total + cg_iters
             emit(NewtonStep(problem.name, steps, loss, new_loss, cg_iters, residual, alpha, time.perf_counter() - tic))
             stalled = stalled + 1 if loss - new_loss < STALL_IMPROVEMENT * loss else 0
@@ -299,24 +309,51 @@ def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: Ev
 # Fused attention kernels have no second derivative; the math kernel is made of differentiable ops.
 @sdpa_kernel([SDPBackend.MATH])
 def _newton_step(
-    problem: LayerProblem, cfg: PruneConfig, curvature: Callable, free: torch.Tensor, batch: slice
+    problem: LayerProblem,
+    cfg: PruneConfig,
+    curvature: Callable,
+    free: torch.Tensor,
+    batch: slice,
+    curvature_batch: slice | torch.Tensor,
 ) -> tuple[torch.Tensor, int, float, float, float, float]:
-    targets = [t[batch] for t in problem.targets]
+    """One Newton step on `batch`: gradient there, curvature products on `curvature_batch` (the batch
+    itself, or a sub-sample of its images: Martens 2010), CG for the direction, Armijo for the step."""
     curv = curvature(
-        lambda w: problem.taps(problem.weight_of(w), batch),
-        targets,
+        lambda w: problem.taps(problem.weight_of(w), curvature_batch),
+        [t[curvature_batch] for t in problem.targets],
         free,
-        layer_of=lambda w: problem.layer_output(problem.weight_of(w), batch),
-        window_of=lambda z: problem.window_taps(z, batch),
+        layer_of=lambda w: problem.layer_output(problem.weight_of(w), curvature_batch),
+        window_of=lambda z: problem.window_taps(z, curvature_batch),
     )
-    cg = conjugate_gradient(curv.hvp, -curv.grad, max_iters=cfg.cg_iters, tol=cfg.cg_tol, damping=cfg.damping)
+    loss, grad = curv.loss, curv.grad
+    if curvature_batch is not batch:
+        targets = [t[batch] for t in problem.targets]
+        loss, grad = loss_and_gradient(lambda w: problem.taps(problem.weight_of(w), batch), targets, free)
+    cg = conjugate_gradient(
+        curv.hvp,
+        -grad,
+        max_iters=cfg.cg_iters,
+        tol=cfg.cg_tol,
+        damping=cfg.damping,
+        relative=cfg.targets != "official",
+    )
     direction = cg.x.detach()
     alpha, new_loss = armijo_backtracking(
         lambda a: problem.batch_loss(problem.weight_of(free + a * direction), batch),
-        curv.loss,
-        curv.grad.dot(direction).item(),
+        loss,
+        grad.dot(direction).item(),
     )
-    return free + alpha * direction, cg.iters, alpha, curv.loss, new_loss, cg.residual
+    return free + alpha * direction, cg.iters, alpha, loss, new_loss, cg.residual
+
+
+def _curvature_batch(batch: slice, fraction: float, generator: torch.Generator) -> slice | torch.Tensor:
+    """The images of `batch` that curvature products use: all of them, or a seeded random `fraction`."""
+    size = batch.stop - batch.start
+    keep = max(1, math.ceil(fraction * size))
+    if keep >= size:
+        return batch
+    picked = torch.randperm(size, generator=generator)[:keep].sort().values  # (keep,)
+    return picked + batch.start
 
 
 def lstsq_weight(

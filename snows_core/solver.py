@@ -33,6 +33,7 @@ __all__ = [
     "conjugate_gradient",
     "armijo_backtracking",
     "tap_loss",
+    "loss_and_gradient",
     "exact_curvature",
     "gauss_newton_curvature",
 ]
@@ -64,18 +65,26 @@ def tap_loss(taps: Taps, targets: Taps) -> torch.Tensor:
 
 
 def conjugate_gradient(
-    hvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *, max_iters: int, tol: float, damping: float
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    *,
+    max_iters: int,
+    tol: float,
+    damping: float,
+    relative: bool = True,
 ) -> CGResult:
     """Solve (A + damping I) x = b by CG from x = 0, A given by its products.
 
-    Stops when ||r|| <= tol ||b||, after `max_iters` products, or on non-positive curvature (then the
-    iterate so far is returned, or b itself if no step was taken: a steepest-descent direction).
+    Stops when ||r|| <= tol ||b|| (||r|| < tol when not `relative`, the official code's rule), after
+    `max_iters` products, or on non-positive curvature (then the iterate so far is returned, or b itself
+    if no step was taken: a steepest-descent direction).
     """
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     b_norm = b.norm().item()
     if b_norm == 0.0:
         return CGResult(x, 0, 0.0)
+    stop = tol * b_norm if relative else tol
     rs = r.dot(r)
     iters = 0
     for iters in range(1, max_iters + 1):
@@ -87,7 +96,7 @@ def conjugate_gradient(
         x.add_(alpha * p)
         r.sub_(alpha * ap)
         rs_new = r.dot(r)
-        if rs_new.sqrt().item() <= tol * b_norm:
+        if rs_new.sqrt().item() <= stop:
             break
         p = r + (rs_new / rs) * p
         rs = rs_new
@@ -112,6 +121,17 @@ def armijo_backtracking(
             return alpha, loss
         alpha *= shrink
     return 0.0, loss0
+
+
+def loss_and_gradient(
+    taps_of: Callable[[torch.Tensor], Taps], targets: Taps, free: torch.Tensor
+) -> tuple[float, torch.Tensor]:
+    """The loss and its gradient on the free weights, first order only (no graph kept)."""
+    free = free.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = tap_loss(taps_of(free), targets)
+        (grad,) = torch.autograd.grad(loss, free)
+    return loss.item(), grad
 
 
 def exact_curvature(

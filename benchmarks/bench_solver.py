@@ -1,0 +1,119 @@
+"""Benchmark: what one curvature product costs, and what the solver costs end to end, on ResNet-20 / CIFAR-10.
+
+1. For every pruned layer of the shared ResNet-20 (90% magnitude mask, all 256 calibration images in one
+   batch) and every K in `--ks`: one window forward, one exact Hessian-vector product (double backprop,
+   BatchNorms frozen to their affine maps as the engine runs them) and their ratio. Each time is the
+   fastest of `--repeats` calls, the figure least disturbed by other load on the machine.
+2. End to end at 90%: the engine's defaults and the official code's settings (targets="official", K=3,
+   CG 20, 2 passes, no warm start), each at every `--fractions` value of `curvature_fraction`: top-1 on
+   the 1,017 test images, seconds and DFE (seconds / one dense forward over the 256 images).
+
+    .venv/bin/python benchmarks/bench_solver.py [--shared ../shared] [--ks 0,3,6] [--fractions 1,0.5,0.25]
+        [--tables 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from snows_core import PruneConfig, prune_model
+from snows_core.data import load_npz
+from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.masks import unstructured_mask
+from snows_core.metrics import top1
+from snows_core.models import create_model
+from snows_core.prune import default_layers
+from snows_core.reconstruct import LayerProblem, layer_problem
+from snows_core.solver import exact_curvature
+
+OFFICIAL = dict(targets="official", k=3, cg_iters=20, newton_steps=2, warm_start=False)
+
+
+def fastest(fn: Callable[[], object], repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def layer_costs(problem: LayerProblem, v: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Seconds of one window forward and of one exact HVP on all of the problem's images."""
+    batch = slice(0, problem.n)
+    start = problem.start_weight
+    targets = [t[batch] for t in problem.targets]
+    curvature = exact_curvature(lambda w: problem.taps(problem.weight_of(w), batch), targets, start[problem.mask])
+    return fastest(lambda: problem.taps(start, batch), repeats), fastest(lambda: curvature.hvp(v), repeats)
+
+
+def hvp_table(model: torch.nn.Module, calib: torch.Tensor, ks: list[int], repeats: int) -> None:
+    gm = trace(model)
+    path = PrunedPath(gm, calib, calib.shape[0])
+    nodes = {n.target: n for n in prunable_nodes(gm)}
+    print("| layer | K | free weights | window forward ms | exact HVP ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    ratios: dict[int, list[float]] = {k: [] for k in ks}
+    for name in default_layers(gm):
+        mask = unstructured_mask(gm.get_submodule(name).weight.detach().abs(), 0.9)
+        v = torch.randn(int(mask.sum()), generator=torch.Generator().manual_seed(0))
+        for k in ks:
+            problem, _ = layer_problem(gm, nodes[name], path, k, mask, calib.shape[0])
+            forward, product = layer_costs(problem, v, repeats)
+            ratios[k].append(product / forward)
+            cells = f"{v.numel()} | {forward * 1e3:.1f} | {product * 1e3:.1f} | {product / forward:.2f}"
+            print(f"| {name} | {k} | {cells} |")
+    for k, values in ratios.items():
+        mean = sum(values) / len(values)
+        print(f"\nK={k}: HVP / forward from {min(values):.2f} to {max(values):.2f}, mean {mean:.2f}")
+
+
+def end_to_end(model: torch.nn.Module, calib: torch.Tensor, shared: Path, fractions: list[float]) -> None:
+    test_x, test_y = load_npz(shared / "data" / "cifar10-subset.npz", "test")
+    with torch.no_grad():
+        forward = fastest(lambda: model(calib), 5)
+    print(f"\nOne dense forward over {calib.shape[0]} images: {forward * 1e3:.1f} ms\n")
+    print("| settings | curvature_fraction | top-1 | seconds | DFE |")
+    print("|---|---|---|---|---|")
+    for label, overrides in (("defaults", {}), ("official", OFFICIAL)):
+        for fraction in fractions:
+            config = PruneConfig(sparsity=0.9, curvature_fraction=fraction, device="cpu", **overrides)
+            tic = time.perf_counter()
+            result = prune_model(model, calib, config)
+            seconds = time.perf_counter() - tic
+            accuracy = top1(result.model, test_x, test_y)
+            print(f"| {label} | {fraction:g} | {accuracy:.4f} | {seconds:.1f} | {seconds / forward:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("SNOWS_SHARED", "../shared")))
+    parser.add_argument("--ks", default="0,3,6")
+    parser.add_argument("--fractions", default="1,0.5,0.25")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tables", default="1,2")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model = create_model("resnet20_cifar10", checkpoint=args.shared / "models" / "resnet20-cifar10.th")
+    model.requires_grad_(False).eval()
+    calib = load_npz(args.shared / "data" / "cifar10-subset.npz", "train")[0][:256]
+    tables = args.tables.split(",")
+    if "1" in tables:
+        hvp_table(model, calib, [int(k) for k in args.ks.split(",")], args.repeats)
+    if "2" in tables:
+        end_to_end(model, calib, args.shared, [float(f) for f in args.fractions.split(",")])
+
+
+if __name__ == "__main__":
+    main()
