@@ -17,7 +17,11 @@ from snows_core.runs import RunStore
 from tests.browser import CHROMIUM, chromium, select_option, serve_app
 
 pytest.importorskip("playwright")
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
+]
 
 
 def test_launch_a_teaching_demo_and_see_its_charts(home, tmp_path):

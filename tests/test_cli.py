@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from snows_core.cli import main
 
 
+@pytest.mark.slow
 def test_prune_writes_weights_masks_and_report(shared, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(
@@ -50,6 +51,7 @@ def test_bad_flags_exit_nonzero_with_the_field_named(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_prune_takes_the_frontier_flags(tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["--model", "mlp", "--mask", "sparsegpt", "--stages", "2", "--allocation", "lamp", "--sparsity", "0.8"]

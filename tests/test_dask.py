@@ -11,6 +11,8 @@ distributed = pytest.importorskip("distributed")
 from snows_core.runs import RunStore  # noqa: E402
 from tests.cli_helpers import QUICK, SLOW, cli, solving, wait_for  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a Dask LocalCluster with worker processes
+
 
 @pytest.fixture(scope="module")
 def cluster():

@@ -159,6 +159,7 @@ def test_sparsegpt_refuses_a_layer_it_cannot_handle_before_any_work():
     ],
     ids=["sparsegpt-stages-sensitivity", "sparsegpt-2:4", "wanda-lamp-stages"],
 )
+@pytest.mark.slow
 def test_zoo_models_take_every_frontier_option(name, options):
     from snows_core.models import create_model
 

@@ -129,6 +129,7 @@ def test_wanda_masks_follow_input_norms(tiny_resnet):
     assert not torch.equal(magnitude, wanda)
 
 
+@pytest.mark.slow
 def test_resnet20_on_cifar10_snows_beats_mask_only(shared):
     """End to end on real data: 50% unstructured magnitude, 128 calibration images, 500 test images."""
     model = create_model("resnet20_cifar10", checkpoint=shared / "models" / "resnet20-cifar10.th")

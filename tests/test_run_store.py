@@ -23,6 +23,19 @@ def test_spec_round_trips_and_hashes_stably():
     assert re.fullmatch(r"[0-9a-f]{64}", a.content_hash())
 
 
+@pytest.mark.parametrize("reconstruction", ["none", "lstsq"])
+def test_updates_without_depth_hash_alike_from_every_entry_point(reconstruction):
+    from snows_core.cli import _parser, _run_spec
+    from snows_core.runs.sweep import grid_specs
+
+    argv = ["submit", "--model", "mlp", "--sparsity", "0.5", "--n-calib", "64", "--reconstruction", reconstruction]
+    from_cli = _run_spec(_parser().parse_args(argv))  # the CLI's default K is 3
+    from_sweep = grid_specs(spec(k=3), {"reconstruction": [reconstruction]})[0]
+    assert from_cli.config.k == from_sweep.config.k == spec(reconstruction=reconstruction, k=5).config.k == 0
+    assert from_cli.content_hash() == from_sweep.content_hash()
+    assert spec(reconstruction="snows", k=3).config.k == 3  # SNOWS keeps its depth
+
+
 @pytest.mark.parametrize(
     "kwargs,field",
     [
@@ -112,6 +125,7 @@ def _submit_many(home: str, n: int) -> None:
         store.create(spec(seed=i), "v1")
 
 
+@pytest.mark.slow
 def test_two_processes_submitting_at_once_lose_nothing(tmp_path):
     RunStore(tmp_path)
     ctx = multiprocessing.get_context("spawn")

@@ -11,6 +11,8 @@ from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.executor import ensure_dispatcher
 from tests.cli_helpers import QUICK, SLOW, cli, solving, submit, wait_for
 
+pytestmark = pytest.mark.slow  # real dispatcher and worker processes
+
 
 def test_submit_runs_to_done_and_an_identical_spec_is_reused(home):
     run = submit(*QUICK)

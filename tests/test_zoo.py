@@ -53,6 +53,7 @@ def test_checkpoint_only_models_say_where_to_get_weights():
     assert create_model("resnet20_cifar10", pretrained=False)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_hub_names_offline_give_a_clear_error_and_random_weights_still_load(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

@@ -1,11 +1,13 @@
 """RunSpec: one pruning run, frozen and validated, with a JSON round-trip and a stable content hash.
 
 It is the only thing that crosses from the UI or CLI to a worker and to disk. Validation happens when
-it is built, so a bad submission is refused before anything is stored.
+it is built, so a bad submission is refused before anything is stored; K is 0 for updates that have
+no depth (none, lstsq), so the same work has one hash whichever entry point built it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ class RunSpec:
 
         if not isinstance(self.config, PruneConfig):
             raise ValueError(f"config must be a PruneConfig; got {type(self.config).__name__}")
+        if self.config.reconstruction != "snows" and self.config.k != 0:
+            # K only matters to SNOWS: one spelling per piece of work, so every entry point hashes it alike
+            object.__setattr__(self, "config", dataclasses.replace(self.config, k=0))
         hub, _, name = self.model.partition(":") if isinstance(self.model, str) else ("", "", "")
         if not (hub in ("timm", "torchvision") and name):
             model_info(self.model)  # raises ValueError naming "model" and the known names

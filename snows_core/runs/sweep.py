@@ -1,7 +1,7 @@
 """Sweeps: a grid over spec fields, validated as a whole before anything is stored, queued under one id.
 
-K only matters to SNOWS, so a run that updates with none or lstsq is stored with k=0 and the grid
-keeps one of each; every run of a sweep shares the seed (hence the calibration images) and the
+K only matters to SNOWS, so a run that updates with none or lstsq is stored with k=0 (RunSpec says so)
+and the grid keeps one of each; every run of a sweep shares the seed (hence the calibration images) and the
 evaluation subset unless those are swept on purpose.
 """
 
@@ -26,10 +26,7 @@ def grid_specs(base: RunSpec, axes: dict[str, Sequence[Any]]) -> list[RunSpec]:
         changes = dict(zip(axes, values, strict=True))
         if changes.get("pattern", base.config.pattern) != "unstructured":
             changes["sparsity"] = None  # N:M implies the sparsity
-        config = dataclasses.replace(base.config, **changes)
-        if config.reconstruction != "snows":
-            config = dataclasses.replace(config, k=0)
-        spec = dataclasses.replace(base, config=config)
+        spec = dataclasses.replace(base, config=dataclasses.replace(base.config, **changes))  # normalised by RunSpec
         specs.setdefault(spec.content_hash(), spec)
     return list(specs.values())
 
