@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from snows_core.registry import Registry
+
 __all__ = [
     "AllocationInputs",
     "SensitivityScan",
@@ -77,28 +79,26 @@ class Allocation:
     summary: str = ""
 
 
-_ALLOCATIONS: dict[str, Allocation] = {}
+_ALLOCATIONS: Registry[Allocation] = Registry("allocation", ordered=True)
 
 
 def register_allocation(name: str, *, needs_scan: bool = False, summary: str = "") -> Callable:
     """Decorator registering `fn(inputs: AllocationInputs) -> {layer: kept count}` under `name`."""
 
     def wrap(fn: Callable[[AllocationInputs], dict[str, int]]) -> Callable[[AllocationInputs], dict[str, int]]:
-        _ALLOCATIONS[name] = Allocation(name, fn, needs_scan, summary)
+        _ALLOCATIONS.add(name, Allocation(name, fn, needs_scan, summary))
         return fn
 
     return wrap
 
 
 def get_allocation(name: str) -> Allocation:
-    if name not in _ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(map(repr, list_allocations()))}; got {name!r}")
-    return _ALLOCATIONS[name]
+    return _ALLOCATIONS.get(name)
 
 
 def list_allocations() -> list[str]:
     """Names of the registered allocations, in the order they were registered (simplest first)."""
-    return list(_ALLOCATIONS)
+    return _ALLOCATIONS.names()
 
 
 def kept_count(numel: int, sparsity: float) -> int:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from snows_core.registry import Registry
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -58,27 +60,25 @@ class DatasetInfo:
     summary: str = ""
 
 
-_DATASETS: dict[str, DatasetInfo] = {}
+_DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(name: str, *, num_classes: int, summary: str = "") -> Callable:
     """Decorator registering `fn(split, root, **options) -> Dataset` under `name`."""
 
     def wrap(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _DATASETS[name] = DatasetInfo(name, fn, num_classes, summary)
+        _DATASETS.add(name, DatasetInfo(name, fn, num_classes, summary))
         return fn
 
     return wrap
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    if name not in _DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(map(repr, list_datasets()))}; got {name!r}")
-    return _DATASETS[name]
+    return _DATASETS.get(name)
 
 
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None, **options: Any) -> Dataset:

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core.allocation import global_counts, kept_count, list_allocations
+from snows_core.registry import Registry
 
 __all__ = [
     "MaskMethod",
@@ -108,7 +109,7 @@ class MaskMethod:
         return self.choose is not None
 
 
-_MASK_METHODS: dict[str, MaskMethod] = {}
+_MASK_METHODS: Registry[MaskMethod] = Registry("mask")
 
 
 def register_mask_method(
@@ -125,9 +126,9 @@ def register_mask_method(
     def wrap(fn: Callable) -> Callable:
         summary_text = summary or (fn.__doc__ or "")
         if in_loop:
-            _MASK_METHODS[name] = MaskMethod(name, None, True, False, summary_text, choose=fn)
+            _MASK_METHODS.add(name, MaskMethod(name, None, True, False, summary_text, choose=fn))
         else:
-            _MASK_METHODS[name] = MaskMethod(name, fn, needs_activations, user_supplied, summary_text)
+            _MASK_METHODS.add(name, MaskMethod(name, fn, needs_activations, user_supplied, summary_text))
         return fn
 
     return wrap
@@ -135,14 +136,12 @@ def register_mask_method(
 
 def get_mask_method(name: str) -> MaskMethod:
     """The registered method called `name`; ValueError listing the known ones otherwise."""
-    if name not in _MASK_METHODS:
-        raise ValueError(f"mask must be one of {', '.join(map(repr, list_mask_methods()))}; got {name!r}")
-    return _MASK_METHODS[name]
+    return _MASK_METHODS.get(name)
 
 
 def list_mask_methods() -> list[str]:
     """Names of the registered mask methods."""
-    return sorted(_MASK_METHODS)
+    return _MASK_METHODS.names()
 
 
 @register_mask_method("magnitude", summary="|W|: keep the largest weights")

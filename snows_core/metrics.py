@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from snows_core.data import stack_images
 
-__all__ = ["top1", "evaluate", "layer_sparsity"]
+__all__ = ["top1", "evaluate"]
 
 Progress = Callable[[int, int], None]
 
@@ -58,9 +58,3 @@ def _accuracies(model, n, fetch, batch_size, device, on_progress) -> tuple[float
         if on_progress:
             on_progress(min(start + batch_size, n), n)
     return correct1 / n, (correct5 / n if has_top5 else None)
-
-
-def layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
-    """Fraction of exactly-zero weights in each named layer."""
-    modules = dict(model.named_modules())
-    return {n: float((modules[n].weight == 0).float().mean()) for n in names}

@@ -38,6 +38,7 @@ from snows_core.columns import input_grams
 from snows_core.config import PruneConfig
 from snows_core.events import EventSink, NewtonStep
 from snows_core.lookahead import PrunedPath, Window, build_window
+from snows_core.registry import Registry
 from snows_core.solver import (
     armijo_backtracking,
     conjugate_gradient,
@@ -212,27 +213,25 @@ class Solution:
 
 
 Reconstruction = Callable[[LayerProblem, PruneConfig, EventSink], Solution]
-_RECONSTRUCTIONS: dict[str, Reconstruction] = {}
+_RECONSTRUCTIONS: Registry[Reconstruction] = Registry("reconstruction")
 
 
 def register_reconstruction(name: str) -> Callable[[Reconstruction], Reconstruction]:
     """Decorator registering `fn(problem, config, emit) -> Solution` under `name`."""
 
     def wrap(fn: Reconstruction) -> Reconstruction:
-        _RECONSTRUCTIONS[name] = fn
+        _RECONSTRUCTIONS.add(name, fn)
         return fn
 
     return wrap
 
 
 def get_reconstruction(name: str) -> Reconstruction:
-    if name not in _RECONSTRUCTIONS:
-        raise ValueError(f"reconstruction must be one of {', '.join(map(repr, list_reconstructions()))}; got {name!r}")
-    return _RECONSTRUCTIONS[name]
+    return _RECONSTRUCTIONS.get(name)
 
 
 def list_reconstructions() -> list[str]:
-    return sorted(_RECONSTRUCTIONS)
+    return _RECONSTRUCTIONS.names()
 
 
 @register_reconstruction("none")

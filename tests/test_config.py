@@ -75,3 +75,34 @@ def test_from_dict_refuses_unknown_fields_and_newer_schemas():
 def test_frozen():
     with pytest.raises(AttributeError):
         PruneConfig().k = 4
+
+
+def test_every_registry_refuses_an_unknown_name_with_the_field_and_the_known_names():
+    from snows_core.allocation import get_allocation
+    from snows_core.data import dataset_info
+    from snows_core.masks import get_mask_method
+    from snows_core.models import model_info
+    from snows_core.reconstruct import get_reconstruction
+
+    for lookup, field in (
+        (model_info, "model"),
+        (dataset_info, "dataset"),
+        (get_mask_method, "mask"),
+        (get_allocation, "allocation"),
+        (get_reconstruction, "reconstruction"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{field} must be one of '.+; got 'nosuch'$"):
+            lookup("nosuch")
+
+
+def test_a_registry_lists_names_sorted_or_in_registration_order():
+    from snows_core.registry import Registry
+
+    alphabetical, ordered = Registry("x"), Registry("y", ordered=True, hint=" (or z)")
+    for name in ("b", "a"):
+        alphabetical.add(name, name.upper())
+        ordered.add(name, name.upper())
+    assert alphabetical.names() == ["a", "b"] and ordered.names() == ["b", "a"]
+    assert ordered.get("a") == "A" and "a" in ordered and "c" not in ordered
+    with pytest.raises(ValueError, match=r"^y must be one of 'b', 'a' \(or z\); got 'c'$"):
+        ordered.get("c")

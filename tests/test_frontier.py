@@ -31,7 +31,7 @@ def recorded(monkeypatch):
         seen.append((problem.name, problem.mask.clone()))
         return Solution(problem.start_weight, problem.start_loss)
 
-    monkeypatch.setitem(reconstruct._RECONSTRUCTIONS, "record", record)
+    monkeypatch.setitem(reconstruct._RECONSTRUCTIONS.entries, "record", record)
     return seen
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch.nn as nn
 
 from snows_core.models.checkpoint import load_weights
+from snows_core.registry import Registry
 
 __all__ = ["ASSETS", "ModelInfo", "register_model", "create_model", "list_models", "model_info", "default_dataset"]
 
@@ -64,7 +65,7 @@ class ModelInfo:
         }
 
 
-_MODELS: dict[str, ModelInfo] = {}
+_MODELS: Registry[ModelInfo] = Registry("model", hint=", or timm:NAME / torchvision:NAME")
 
 
 def register_model(
@@ -79,17 +80,14 @@ def register_model(
     """Decorator registering a factory `fn(**kwargs) -> nn.Module` under `name`."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS[name] = ModelInfo(name, fn, input_size, dataset, source, weights, checkpoint_hint)
+        _MODELS.add(name, ModelInfo(name, fn, input_size, dataset, source, weights, checkpoint_hint))
         return fn
 
     return wrap
 
 
 def model_info(name: str) -> ModelInfo:
-    if name not in _MODELS:
-        known = ", ".join(map(repr, list_models()))
-        raise ValueError(f"model must be one of {known}, or timm:NAME / torchvision:NAME; got {name!r}")
-    return _MODELS[name]
+    return _MODELS.get(name)
 
 
 def default_dataset(name: str) -> str:
@@ -102,7 +100,7 @@ def default_dataset(name: str) -> str:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a glob pattern."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    return [n for n in _MODELS.names() if fnmatch.fnmatch(n, pattern)]
 
 
 def create_model(name: str, pretrained: bool = True, checkpoint: str | Path | None = None, **kwargs: Any) -> nn.Module:
