@@ -15,11 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from snows_core.config import PruneConfig
-from snows_core.data import calibration_images, list_datasets, load_dataset
+from snows_core.data import list_datasets
 from snows_core.events import Event
-from snows_core.metrics import evaluate
-from snows_core.models import create_model, default_dataset, list_models
-from snows_core.prune import prune_model, resolve_device
+from snows_core.models import list_models
 from snows_core.report import PruneResult
 from snows_core.runs import RunSpec, RunStore
 
@@ -43,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.set_defaults(command=_prune)
     add_model_arguments(prune)
     prune.add_argument("--out", type=Path, default=Path("out/prune"), help="folder for weights, masks, report")
-    prune.add_argument("--eval-size", type=int, default=None, help="test images for top-1 (default: all)")
+    add_run_arguments(prune)
     add_config_arguments(prune)
 
     for name, command, grid, summary in (
@@ -53,9 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         queue = commands.add_parser(name, help=summary)
         queue.set_defaults(command=command)
         add_model_arguments(queue)
-        queue.add_argument("--eval-size", type=int, default=1000, help="test images scored (0: all)")
+        add_run_arguments(queue)
         queue.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
-        queue.add_argument("--trajectory", action="store_true", help="also score the network after every layer")
         queue.add_argument("--executor", choices=("local", "dask"), default="local", help="where runs compute")
         queue.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
         add_config_arguments(queue, grid=grid)
@@ -82,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     importer.set_defaults(command=_import)
     importer.add_argument("folder", type=Path)
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a run is scored, the same for prune, submit and sweep: --eval-size, --trajectory."""
+    default = RunSpec.__dataclass_fields__["eval_size"].default
+    help_text = f"test images scored (default {default}; 0: all)"
+    parser.add_argument("--eval-size", type=int, default=default, help=help_text)
+    parser.add_argument("--trajectory", action="store_true", help="also score the network after every layer")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,20 +154,19 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    model = create_model(args.model, checkpoint=args.checkpoint)
-    dataset = args.dataset or default_dataset(args.model)
-    calib = calibration_images(load_dataset(dataset, "train", args.data_root), config.n_calib, config.seed)
-    test = load_dataset(dataset, "test", args.data_root)
-    device = resolve_device(config.device)
-    dense = evaluate(model, test, device=device, limit=args.eval_size)["top1"]
+    """The spec the flags name, run in this process by the same pipeline as queued runs."""
+    from snows_core.runs.pipeline import run_spec
+
+    spec = _run_spec(args)
+    spec.check_inputs()
     with ProgressBar() as bar:
-        result = prune_model(model, calib, config, bar)
-    pruned = evaluate(result.model, test, device=device, limit=args.eval_size)["top1"]
+        result, summary = run_spec(spec, bar)
     print(layer_table(result))
-    print(f"top-1: dense {dense:.4f} -> pruned {pruned:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s")
-    extra = {"top1_dense": dense, "top1_pruned": pruned, "model": args.model, "dataset": dataset}
-    result.save(args.out, extra)
+    print(
+        f"top-1: dense {summary['top1_dense']:.4f} -> mask only {summary['top1_mask_only']:.4f} -> final "
+        f"{summary['top1_final']:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s"
+    )
+    result.save(args.out, {**summary, "spec": spec.to_dict()})
     print(f"wrote {args.out}")
     return 0
 

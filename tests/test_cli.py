@@ -5,6 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from snows_core import PruneConfig
 from snows_core.cli import main
 
 
@@ -39,7 +40,7 @@ def test_prune_writes_weights_masks_and_report(shared, tmp_path, capsys):
     assert "layer1.0.conv1" in printed and "top-1: dense" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["sparsity"] == 0.7 and len(report["layers"]) == 18
-    assert 0.0 <= report["top1_pruned"] <= 1.0
+    assert 0.0 <= report["top1_final"] <= 1.0 and 0.0 <= report["top1_mask_only"] <= 1.0
     masks, weights = load_file(str(out / "masks.safetensors")), load_file(str(out / "model.safetensors"))
     assert len(masks) == 18
     assert not weights["layer2.0.conv1.weight"][~masks["layer2.0.conv1"]].any()
@@ -63,3 +64,19 @@ def test_prune_takes_the_frontier_flags(tmp_path, capsys):
     assert report["allocation"]["allocation"] == "lamp" and report["sparsity"] == pytest.approx(0.8, abs=1e-3)
     assert main(["prune", "--stages", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "stages must be an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prune_and_a_queued_run_of_the_same_spec_give_the_same_result(tmp_path, capsys):
+    from snows_core.runs import RunSpec
+    from snows_core.runs.pipeline import execute
+
+    flags = ["--model", "mlp", "--sparsity", "0.6", "--k", "1", "--n-calib", "64", "--eval-size", "300"]
+    assert main(["prune", *flags, "--out", str(tmp_path / "cli")]) == 0
+    cli_report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    spec = RunSpec(model="mlp", config=PruneConfig(sparsity=0.6, k=1, n_calib=64), eval_size=300)
+    queued = execute(spec, tmp_path / "queued", lambda event: None)  # what a worker or a Dask task calls
+    assert cli_report["spec"] == spec.to_dict()
+    assert set(queued) <= set(cli_report)
+    for key in ("top1_dense", "top1_mask_only", "top1_final", "calib_ids", "eval_images", "sparsity"):
+        assert cli_report[key] == queued[key], key

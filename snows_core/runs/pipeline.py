@@ -1,6 +1,7 @@
 """One run, start to end: load the model and data of a RunSpec, prune, evaluate, write the artifacts.
 
-`execute` is what a worker process (or a Dask task) calls; it reports only through `on_event`.
+`run_spec` is the one way a spec runs: `python -m snows_core prune` calls it in-process, and `execute`
+(what a worker process or a Dask task calls) adds the artifacts. Both report only through `on_event`.
 Top-1 is measured on the same test images three times: dense, mask only (the dense weights times the
 final masks), and final. With `spec.trajectory` it is also measured after each pruned layer: SNOWS
 changes only the layer being solved, so the network after layer i is the dense one with the final
@@ -26,11 +27,18 @@ from snows_core.report import PruneResult
 from snows_core.runs.environment import environment
 from snows_core.runs.spec import RunSpec
 
-__all__ = ["execute"]
+__all__ = ["run_spec", "execute"]
 
 
 def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
     """Run `spec`, write its artifacts into `out_dir` (see PruneResult.save) and return the result row."""
+    result, summary = run_spec(spec, on_event)
+    result.save(out_dir, {**summary, "spec": spec.to_dict()})
+    return summary
+
+
+def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str, Any]]:
+    """Load the spec's model and data, prune, evaluate: the pruned result and its summary (the result row)."""
     tic = time.perf_counter()
     config = spec.config
     device = resolve_device(config.device)
@@ -62,8 +70,7 @@ def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]
         "device": str(device),
         "environment": environment(device),
     }
-    result.save(out_dir, {**summary, "spec": spec.to_dict()})
-    return summary
+    return result, summary
 
 
 def _trajectory(
