@@ -9,13 +9,13 @@ from pathlib import Path
 import streamlit as st
 
 from pages.common import model_label, open_run, store, zoo
-from snows_core import __version__
 from snows_core.config import TARGETS, PruneConfig
 from snows_core.data import list_datasets
 from snows_core.forecast import forecast, probe
 from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
 from snows_core.runs import RunSpec
+from snows_core.runs.executor import reusable_run
 from snows_core.runs.sweep import grid_specs, submit_all
 
 DEFAULTS = PruneConfig()
@@ -291,7 +291,7 @@ except (ValueError, FileNotFoundError) as err:
     st.stop()
 
 probed = cached_probe(specs[0].model, min(specs[0].config.batch_size, 64), specs[0].config.device)
-reused = [spec for spec in specs if store().find_done(spec.content_hash(), __version__)]
+reused = [spec for spec in specs if reusable_run(store(), spec)]
 estimates = [forecast(spec, probed, store()) for spec in specs if spec not in reused]
 kind = "run" if len(specs) == 1 else f"sweep of {len(specs)} runs"
 st.subheader("Forecast")

@@ -33,6 +33,7 @@ from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = [
     "submit",
+    "reusable_run",
     "reap",
     "ensure_dispatcher",
     "dispatch",
@@ -52,6 +53,11 @@ class RunCancelled(Exception):
     """Raised from the event callback when the run's cancel request is seen."""
 
 
+def reusable_run(store: RunStore, spec: RunSpec) -> str | None:
+    """The run a submit of `spec` would reuse instead of computing: done, same spec hash, this library version."""
+    return store.find_done(spec.content_hash(), __version__)
+
+
 def submit(
     store: RunStore, spec: RunSpec, *, force: bool = False, sweep_id: str | None = None, executor: str = "local"
 ) -> str:
@@ -60,7 +66,7 @@ def submit(
     `executor` is "local" (this machine's queue) or the address of a Dask scheduler (see dask_executor).
     """
     if not force:
-        done = store.find_done(spec.content_hash(), __version__)
+        done = reusable_run(store, spec)
         if done is not None:
             return done
     run_id = store.create(spec, __version__, sweep_id, executor)
