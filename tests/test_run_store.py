@@ -74,7 +74,8 @@ def test_cancel_queued_at_once_and_running_by_request(tmp_path):
     store.claim_next(pid=1)
     assert store.request_cancel(queued) == "cancelled"
     assert store.request_cancel(running) == "running"
-    assert store.heartbeat(running) is True  # the worker learns of the request at its next step
+    assert store.cancel_requested(running)  # the worker learns of the request at its next step
+    assert not store.cancel_requested(store.create(spec(), "v1"))
     with pytest.raises(KeyError):
         store.request_cancel("nope")
 

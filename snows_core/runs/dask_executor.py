@@ -120,7 +120,8 @@ class _Bridge:
     def _beat(self) -> None:
         distributed = _distributed()
         for run_id, future in self.futures.items():
-            if not self.store.heartbeat(run_id):
+            self.store.heartbeat(run_id)
+            if not self.store.cancel_requested(run_id):
                 continue
             first = self.cancel_seen.setdefault(run_id, time.monotonic())
             distributed.Event(_cancel_name(run_id), client=self.client).set()

@@ -174,8 +174,10 @@ def worker_main(home: str, run_id: str) -> None:
 
     def on_event(event: Event) -> None:
         store.append_event(run_id, event.kind, event.to_dict())
-        if event.kind == "newton_step" and store.heartbeat(run_id):
-            raise RunCancelled(run_id)
+        if event.kind == "newton_step":
+            store.heartbeat(run_id)
+            if store.cancel_requested(run_id):
+                raise RunCancelled(run_id)
 
     try:
         from snows_core.runs.pipeline import execute

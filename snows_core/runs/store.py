@@ -166,10 +166,14 @@ class RunStore:
         with self._connect() as db:
             db.execute("UPDATE runs SET worker_pid = ?, heartbeat = ? WHERE id = ?", (pid, time.time(), run_id))
 
-    def heartbeat(self, run_id: str) -> bool:
-        """Record that the worker lives; returns whether a cancel was requested."""
+    def heartbeat(self, run_id: str) -> None:
+        """Record that the run's worker lives."""
         with self._connect() as db:
             db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """Whether somebody asked to cancel the run (the worker checks at each Newton step)."""
+        with self._connect() as db:
             row = db.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
         return bool(row and row[0])
 
