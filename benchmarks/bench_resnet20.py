@@ -41,7 +41,7 @@ ABLATIONS = {
     "snows K=3, no warm start": dict(reconstruction="snows", k=3, warm_start=False),
     "snows K=3, pruned-input targets": dict(reconstruction="snows", k=3, targets="pruned-input"),
     "snows K=3, gauss-newton": dict(reconstruction="snows", k=3, curvature="gauss-newton"),
-    "snows K=3, 3 passes x 25 CG": dict(reconstruction="snows", k=3, newton_steps=3, cg_iters=25),
+    "snows K=3, 3 passes x 25 CG": dict(reconstruction="snows", k=3, newton_passes=3, cg_iters=25),
 }
 
 

@@ -35,7 +35,7 @@ from snows_core.prune import default_layers
 from snows_core.reconstruct import LayerProblem, layer_problem
 from snows_core.solver import exact_curvature
 
-OFFICIAL = dict(targets="official", k=3, cg_iters=20, newton_steps=2, warm_start=False)
+OFFICIAL = dict(targets="official", k=3, cg_iters=20, newton_passes=2, warm_start=False)
 
 
 def fastest(fn: Callable[[], object], repeats: int) -> float:

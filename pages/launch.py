@@ -56,7 +56,7 @@ PRESETS = {
         "sparsities": "0.9",
         "ks": "3",
         "targets": "official",
-        "newton_steps": 2,
+        "newton_passes": 2,
         "cg_iters": 20,
         "warm_start": False,
         "n_calib": 256,
@@ -86,7 +86,7 @@ FORM_DEFAULTS = {
     "ks": str(DEFAULTS.k),
     "n_calib": DEFAULTS.n_calib,
     "batch_size": DEFAULTS.batch_size,
-    "newton_steps": DEFAULTS.newton_steps,
+    "newton_passes": DEFAULTS.newton_passes,
     "cg_iters": DEFAULTS.cg_iters,
     "cg_tol": DEFAULTS.cg_tol,
     "damping": DEFAULTS.damping,
@@ -155,7 +155,7 @@ def build_specs() -> list[RunSpec]:
             reconstruction=s["updates"][0],
             n_calib=int(s["n_calib"]),
             batch_size=int(s["batch_size"]),
-            newton_steps=int(s["newton_steps"]),
+            newton_passes=int(s["newton_passes"]),
             cg_iters=int(s["cg_iters"]),
             cg_tol=float(s["cg_tol"]),
             damping=float(s["damping"]),
@@ -257,7 +257,7 @@ with st.expander("Advanced"):
     a, b, c = st.columns(3)
     a.number_input("Calibration images", min_value=1, step=64, key="n_calib")
     a.number_input("Batch size", min_value=1, step=64, key="batch_size")
-    b.number_input("Newton passes", min_value=1, key="newton_steps")
+    b.number_input("Newton passes", min_value=1, key="newton_passes")
     b.number_input("CG iterations", min_value=1, key="cg_iters")
     b.number_input("CG tolerance", min_value=0.0, format="%.1e", key="cg_tol")
     c.number_input("Damping", min_value=0.0, format="%.1e", key="damping")

@@ -108,7 +108,7 @@ CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the typ
     "k": int,
     "n_calib": int,
     "batch_size": int,
-    "newton_steps": int,
+    "newton_passes": int,
     "cg_iters": int,
     "cg_tol": float,
     "damping": float,
@@ -121,6 +121,9 @@ CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the typ
 }
 
 
+FLAG_ALIASES = {"newton_passes": ("--newton-steps",)}  # the field's name before config schema 2
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
     """One flag per PruneConfig field, defaults from PruneConfig; with `grid`, each takes a comma-separated list."""
     defaults = PruneConfig()
@@ -128,6 +131,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, grid: bool = False) ->
         default = None if name == "sparsity" else getattr(defaults, name)
         parser.add_argument(
             f"--{name.replace('_', '-')}",
+            *FLAG_ALIASES.get(name, ()),
             type=_comma_list(cast) if grid else cast,
             default=[default] if grid else default,
             help=f"PruneConfig.{name} (default {default!r})" + ("; comma-separated values are swept" if grid else ""),

@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: newton_steps became newton_passes
 
 PATTERNS_HELP = '"unstructured" or "N:M" with 0 < N <= M, such as "2:4"'
 CURVATURES = ("exact", "gauss-newton")
@@ -59,7 +59,7 @@ class PruneConfig:
         k: operations after the layer whose outputs are reconstructed too (0: the layer's own output).
         n_calib: calibration images used (the first n_calib of those passed in).
         batch_size: images per Newton step.
-        newton_steps: passes over the calibration set per layer.
+        newton_passes: passes over the calibration set per layer (one Newton step per mini-batch).
         cg_iters: most conjugate-gradient iterations per Newton step.
         cg_tol: CG stops when the residual falls below cg_tol times the gradient norm (below cg_tol
             itself with targets="official").
@@ -93,7 +93,7 @@ class PruneConfig:
     k: int = 3
     n_calib: int = 256
     batch_size: int = 256
-    newton_steps: int = 1
+    newton_passes: int = 1
     cg_iters: int = 10
     cg_tol: float = 1e-3
     damping: float = 1e-4
@@ -137,7 +137,7 @@ class PruneConfig:
         _require_choice("reconstruction", self.reconstruction, list_reconstructions())
         _require_choice("curvature", self.curvature, CURVATURES)
         _require_choice("targets", self.targets, TARGETS)
-        for name in ("k", "n_calib", "batch_size", "newton_steps", "cg_iters", "stages", "seed"):
+        for name in ("k", "n_calib", "batch_size", "newton_passes", "cg_iters", "stages", "seed"):
             _require_int(name, getattr(self, name), minimum=0 if name in ("k", "seed") else 1)
         _require_number("curvature_fraction", self.curvature_fraction, "a number in (0, 1]")
         if not 0.0 < self.curvature_fraction <= 1.0:
@@ -171,7 +171,7 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
         """Inverse of `to_dict`; refuses unknown fields and newer schema versions."""
-        data = pop_schema_version(data, SCHEMA_VERSION)
+        data = upgrade_config_dict(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -179,6 +179,18 @@ class PruneConfig:
         if data.get("layers") is not None:
             data["layers"] = tuple(data["layers"])
         return cls(**data)
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict in today's field names, without its schema_version (no validation, no imports).
+
+    Schema 1 called `newton_passes` `newton_steps`. ValueError if the dict is newer than this library.
+    """
+    version = data.get("schema_version", SCHEMA_VERSION)
+    data = pop_schema_version(data, SCHEMA_VERSION)
+    if isinstance(version, int) and version < 2 and "newton_steps" in data:
+        data["newton_passes"] = data.pop("newton_steps")
+    return data
 
 
 def pop_schema_version(data: dict[str, Any], current: int) -> dict[str, Any]:

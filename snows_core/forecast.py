@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from snows_core.config import PruneConfig
+from snows_core.config import PruneConfig, upgrade_config_dict
 from snows_core.lookahead import trace
 from snows_core.models import create_model, model_info
 from snows_core.prune import default_layers, resolve_device
@@ -121,7 +121,7 @@ def _seconds(spec: RunSpec, p: Probe) -> float:
     window = min(1.0, (c.k + 2) / max(p.layers, 1))
     per_layer = {"none": 0.3, "lstsq": 1.5}.get(
         c.reconstruction,
-        1.5 + c.newton_steps * (HVP_FORWARDS * c.cg_iters * c.curvature_fraction + LINE_SEARCH_FORWARDS) * window,
+        1.5 + c.newton_passes * (HVP_FORWARDS * c.cg_iters * c.curvature_fraction + LINE_SEARCH_FORWARDS) * window,
     )
     per_layer += 1.0 if c.mask == "sparsegpt" else 0.0
     scan = len(scan_sparsities(c.layer_sparsity_cap)) * 1.5 if c.allocation == "sensitivity" else 0.0
@@ -142,7 +142,7 @@ def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
         "reconstruction",
         "k",
         "n_calib",
-        "newton_steps",
+        "newton_passes",
         "cg_iters",
         "curvature_fraction",
         "device",
@@ -154,7 +154,7 @@ def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
     matches = []
     for run in store.list("done"):
         config, result = (
-            {**PruneConfig().to_dict(), **run["spec"]["config"]},
+            {**PruneConfig().to_dict(), **upgrade_config_dict(run["spec"]["config"])},
             results.get(run["id"]) or {},
         )  # older runs
         same = run["spec"]["model"] == spec.model and run["spec"]["dataset"] == spec.dataset

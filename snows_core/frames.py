@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from snows_core.config import upgrade_config_dict
 from snows_core.runs.store import RunStore
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
 RUN_COLUMNS = [
     "id", "status", "progress", "model", "dataset", "mask", "reconstruction", "k", "pattern", "allocation",
     "stages", "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds", "sparsity_achieved",
-    "peak_mem", "layers_done", "layers_total", "n_calib", "seed", "newton_steps", "cg_iters", "eval_size", "sweep_id",
+    "peak_mem", "layers_done", "layers_total", "n_calib", "seed", "newton_passes", "cg_iters", "eval_size", "sweep_id",
     "created", "version", "calib_digest", "eval_subset", "executor", "imported_from", "torch", "error", "label",
 ]  # fmt: skip
 
@@ -59,7 +60,7 @@ def runs_frame(store: RunStore) -> pd.DataFrame:
 
 
 def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict[str, Any]) -> dict[str, Any]:
-    config = run["spec"]["config"]
+    config = upgrade_config_dict(run["spec"]["config"])
     done, total = progress
     final, mask_only = result.get("top1_final"), result.get("top1_mask_only")
     row = {
@@ -71,7 +72,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
         "eval_size": run["spec"]["eval_size"],
         **{key: config[key] for key in ("mask", "reconstruction", "k", "pattern", "allocation", "sparsity")},
         "stages": config.get("stages", 1),
-        **{key: config[key] for key in ("n_calib", "seed", "newton_steps", "cg_iters")},
+        **{key: config[key] for key in ("n_calib", "seed", "newton_passes", "cg_iters")},
         "top1_dense": result.get("top1_dense"),
         "top1_mask_only": mask_only,
         "top1_final": final,

@@ -16,7 +16,7 @@ Registered methods (`register_reconstruction`, one factory `get_reconstruction`)
   damping SNOWS adds to its Hessian, in the same units.
 - ``snows``: optional lstsq warm start ("MP+"; when the starting point is not the plain masked dense
   weight, whichever of the two has the lower loss), then Newton steps on mini-batches: CG on the free
-  weights for the direction, Armijo backtracking for the step; stop after `newton_steps` passes or
+  weights for the direction, Armijo backtracking for the step; stop after `newton_passes` passes or
   when each of 3 successive steps improves the loss by under 0.5%; keep the best iterate.
 
 No method ends above the lower of the mask-only loss and the starting point's loss.
@@ -285,7 +285,7 @@ def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: Ev
     generator = torch.Generator().manual_seed(cfg.seed)
     n_batches = len(problem.batches())
     steps, cg_total, stalled = 0, 0, 0
-    for _ in range(cfg.newton_steps):
+    for _ in range(cfg.newton_passes):
         for batch in problem.batches(torch.randperm(n_batches, generator=generator)):
             tic = time.perf_counter()
             curvature_batch = _curvature_batch(batch, cfg.curvature_fraction, generator)

@@ -22,7 +22,7 @@ __all__ = ["mask_example", "window_chains", "LEARN_SPEC"]
 LEARN_SPEC = RunSpec(
     model="mlp",
     config=PruneConfig(
-        sparsity=0.9, mask="magnitude", k=2, n_calib=128, newton_steps=6, cg_iters=10, layers=("3",), seed=0
+        sparsity=0.9, mask="magnitude", k=2, n_calib=128, newton_passes=6, cg_iters=10, layers=("3",), seed=0
     ),
     eval_size=1000,
 )

@@ -33,7 +33,7 @@ SLOW = [
     "3",
     "--n-calib",
     "256",
-    "--newton-steps",
+    "--newton-passes",
     "3",
     "--cg-iters",
     "40",

@@ -106,3 +106,18 @@ def test_a_registry_lists_names_sorted_or_in_registration_order():
     assert ordered.get("a") == "A" and "a" in ordered and "c" not in ordered
     with pytest.raises(ValueError, match=r"^y must be one of 'b', 'a' \(or z\); got 'c'$"):
         ordered.get("c")
+
+
+def test_schema_1_configs_with_newton_steps_still_load_as_newton_passes():
+    old = {**PruneConfig(newton_passes=3).to_dict(), "schema_version": 1}
+    old["newton_steps"] = old.pop("newton_passes")
+    assert PruneConfig.from_dict(old) == PruneConfig(newton_passes=3)
+    with pytest.raises(ValueError, match="newton_steps"):  # today's schema has no such field
+        PruneConfig.from_dict({"schema_version": SCHEMA_VERSION, "newton_steps": 3})
+
+
+def test_the_old_newton_steps_flag_still_sets_the_passes():
+    from snows_core.cli import _parser
+
+    args = _parser().parse_args(["submit", "--newton-steps", "4"])
+    assert args.newton_passes == 4

@@ -69,7 +69,7 @@ def test_stages_report_every_pass_and_stamp_events(tiny_resnet):
 
 def test_one_stage_is_the_one_shot_loop_bit_for_bit(tiny_resnet):
     """The plain SNOWS loop, written out: dense magnitude masks, then each layer reconstructed in order."""
-    cfg = PruneConfig(sparsity=0.7, k=2, n_calib=16, newton_steps=2, batch_size=8)
+    cfg = PruneConfig(sparsity=0.7, k=2, n_calib=16, newton_passes=2, batch_size=8)
     result = prune_model(tiny_resnet, calib(), cfg)
 
     import copy

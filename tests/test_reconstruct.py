@@ -66,7 +66,7 @@ def test_snows_at_k0_reaches_the_least_squares_optimum(tiny_resnet, curvature):
         k=0,
         warm_start=False,
         curvature=curvature,
-        newton_steps=6,
+        newton_passes=6,
         cg_iters=300,
         cg_tol=1e-8,
         damping=1e-8,
@@ -84,7 +84,7 @@ def test_snows_at_k0_reaches_the_least_squares_optimum(tiny_resnet, curvature):
 @pytest.mark.parametrize("k", [0, 3])
 def test_reconstruction_never_raises_the_loss_and_keeps_pruned_weights_zero(tiny_resnet, reconstruction, k):
     calib = torch.randn(24, 3, 6, 6, generator=torch.Generator().manual_seed(5))
-    cfg = PruneConfig(sparsity=0.7, reconstruction=reconstruction, k=k, n_calib=24, batch_size=8, newton_steps=2)
+    cfg = PruneConfig(sparsity=0.7, reconstruction=reconstruction, k=k, n_calib=24, batch_size=8, newton_passes=2)
     result = prune_model(tiny_resnet, calib, cfg)
     modules = dict(result.model.named_modules())
     for report in result.layers:
@@ -100,7 +100,7 @@ def test_reconstruction_never_raises_the_loss_and_keeps_pruned_weights_zero(tiny
 def test_newton_steps_emit_events_with_losses_and_cg_counts(tiny_resnet):
     calib = torch.randn(16, 3, 6, 6)
     events = []
-    prune_model(tiny_resnet, calib, PruneConfig(k=2, n_calib=16, batch_size=8, newton_steps=2), on_event=events.append)
+    prune_model(tiny_resnet, calib, PruneConfig(k=2, n_calib=16, batch_size=8, newton_passes=2), on_event=events.append)
     steps = [e for e in events if e.kind == "newton_step"]
     assert steps and all(e.loss_after <= e.loss and 1 <= e.cg_iters <= 10 and 0 <= e.step_size <= 1 for e in steps)
     assert {e.layer for e in steps} == {"c1", "c2"}
