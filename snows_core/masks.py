@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from snows_core.allocation import global_counts, kept_count, list_allocations
 from snows_core.registry import Registry
+from snows_core.sparsegpt import sparsegpt_layer
 
 __all__ = [
     "MaskMethod",
@@ -168,9 +169,7 @@ def custom_scores(inputs: ScoreInputs) -> torch.Tensor:
     "sparsegpt", in_loop=True, summary="SparseGPT: OBS updates column by column on the pruned path (moves weights)"
 )
 def sparsegpt_choice(inputs: LayerInputs) -> MaskChoice:
-    from snows_core.sparsegpt import sparsegpt_layer
-
-    return sparsegpt_layer(inputs)
+    return MaskChoice(*sparsegpt_layer(inputs))
 
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

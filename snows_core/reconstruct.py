@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -35,7 +36,6 @@ import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from snows_core.columns import input_grams
-from snows_core.config import PruneConfig
 from snows_core.events import EventSink, NewtonStep
 from snows_core.lookahead import PrunedPath, Window, build_window
 from snows_core.registry import Registry
@@ -47,6 +47,9 @@ from snows_core.solver import (
     loss_and_gradient,
     tap_loss,
 )
+
+if TYPE_CHECKING:  # the config validates names against this module's registry: no import at run time
+    from snows_core.config import PruneConfig
 
 __all__ = [
     "LayerProblem",
@@ -212,7 +215,7 @@ class Solution:
     loss_warm: float | None = None
 
 
-Reconstruction = Callable[[LayerProblem, PruneConfig, EventSink], Solution]
+Reconstruction = Callable[[LayerProblem, "PruneConfig", EventSink], Solution]
 _RECONSTRUCTIONS: Registry[Reconstruction] = Registry("reconstruction")
 
 

@@ -30,11 +30,15 @@ W_dense: exactly the paper's problem.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
 from snows_core.columns import input_grams
-from snows_core.masks import LayerInputs, MaskChoice
+
+if TYPE_CHECKING:  # masks registers this method, so this module must not import it at run time
+    from snows_core.masks import LayerInputs
 
 __all__ = ["sparsegpt_prune", "sparsegpt_layer", "BLOCK_SIZE", "RELATIVE_DAMPING"]
 
@@ -125,8 +129,9 @@ def _nm_keep(group: torch.Tensor, inv_diag: torch.Tensor, kept: torch.Tensor, nm
     return keep
 
 
-def sparsegpt_layer(inputs: LayerInputs) -> MaskChoice:
-    """SparseGPT on one Linear/Conv2d layer of the loop: per group, on the pruned path's input columns."""
+def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on one Linear/Conv2d layer of the loop, per group, on the pruned path's input columns:
+    (keep-mask, weights), both shaped like the layer's weight."""
     module, weight = inputs.module, inputs.weight
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
     grams = inputs.grams or input_grams(module, inputs.x, inputs.x_target, inputs.batch_size)
@@ -151,7 +156,7 @@ def sparsegpt_layer(inputs: LayerInputs) -> MaskChoice:
         masks.append(keep[:, inverse])
         weights.append(solved[:, inverse])
     mask = torch.stack(masks).reshape(weight.shape)
-    return MaskChoice(mask, torch.stack(weights).reshape(weight.shape).to(weight.dtype))
+    return mask, torch.stack(weights).reshape(weight.shape).to(weight.dtype)
 
 
 def _column_order(weight: torch.Tensor) -> torch.Tensor:

@@ -137,3 +137,17 @@ def test_two_processes_submitting_at_once_lose_nothing(tmp_path):
         w.join(120)
     runs = RunStore(tmp_path).list()
     assert len(runs) == 40 and len({r["id"] for r in runs}) == 40
+
+
+def test_cancel_on_step_records_everything_and_stops_only_after_a_newton_step():
+    from snows_core.events import LayerStarted, NewtonStep
+    from snows_core.runs.process import RunCancelled, cancel_on_step
+
+    seen, flag = [], {"cancel": False}
+    on_event = cancel_on_step("r1", seen.append, lambda: flag["cancel"])
+    on_event(NewtonStep("a", 1))
+    flag["cancel"] = True
+    on_event(LayerStarted("b"))  # not a step: no check yet
+    with pytest.raises(RunCancelled, match="r1"):
+        on_event(NewtonStep("b", 1))
+    assert [e.kind for e in seen] == ["newton_step", "layer_started", "newton_step"]

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snows_core.masks import LayerInputs, get_mask_method, nm_mask, unstructured_mask
+from snows_core.masks import LayerInputs, MaskChoice, get_mask_method, nm_mask, unstructured_mask
 from snows_core.sparsegpt import sparsegpt_layer, sparsegpt_prune
 
 
@@ -114,7 +114,7 @@ def test_a_conv_is_pruned_on_its_im2col_columns():
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=False).double()
     x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
     cols = F.unfold(x, 3, padding=1).permute(1, 0, 2).flatten(1)  # (27, 5*36): (channel, kernel row, kernel col)
-    choice = sparsegpt_layer(inputs_for(conv, x, keep=40))
+    choice = MaskChoice(*sparsegpt_layer(inputs_for(conv, x, keep=40)))
     ref_kept, ref_solved = reference_obs(conv.weight.detach().flatten(1), 2 * cols @ cols.T, prune=108 - 40)
     assert torch.equal(choice.mask.flatten(1), ref_kept)
     torch.testing.assert_close(choice.weight.flatten(1), ref_solved, atol=1e-5, rtol=1e-5)
@@ -123,7 +123,7 @@ def test_a_conv_is_pruned_on_its_im2col_columns():
 def test_conv_two_four_groups_run_along_input_channels():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 4, 3, padding=1, bias=False)
-    choice = sparsegpt_layer(inputs_for(conv, torch.randn(4, 8, 5, 5), nm=(2, 4)))
+    choice = MaskChoice(*sparsegpt_layer(inputs_for(conv, torch.randn(4, 8, 5, 5), nm=(2, 4))))
     groups = choice.mask.movedim(1, -1).reshape(4, 3, 3, 2, 4)  # (out, kh, kw, in/4, 4)
     assert torch.all(groups.sum(-1) == 2)
     assert torch.all(choice.weight[~choice.mask] == 0)
@@ -133,7 +133,7 @@ def test_conv_two_four_groups_run_along_input_channels():
 def test_depthwise_convs_are_pruned_per_group_and_keep_the_exact_count():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
-    choice = sparsegpt_layer(inputs_for(conv, torch.randn(4, 4, 5, 5), keep=12))
+    choice = MaskChoice(*sparsegpt_layer(inputs_for(conv, torch.randn(4, 4, 5, 5), keep=12)))
     assert int(choice.mask.sum()) == 12 and choice.mask.shape == conv.weight.shape
 
 
@@ -143,11 +143,11 @@ def test_a_different_dense_input_moves_the_start_to_the_dense_target_fit():
     linear = nn.Linear(6, 3, bias=False).double()
     x_target = torch.randn(200, 6, dtype=torch.float64)
     x = x_target + 0.3 * torch.randn(200, 6, dtype=torch.float64)  # the pruned path drifted
-    choice = sparsegpt_layer(inputs_for(linear, x, keep=18, x_target=x_target))
+    _, moved = sparsegpt_layer(inputs_for(linear, x, keep=18, x_target=x_target))
     target = x_target @ linear.weight.detach().T
-    assert (x @ choice.weight.T - target).norm() < (x @ linear.weight.detach().T - target).norm()
-    same = sparsegpt_layer(inputs_for(linear, x, keep=18))
-    torch.testing.assert_close(same.weight, linear.weight.detach())
+    assert (x @ moved.T - target).norm() < (x @ linear.weight.detach().T - target).norm()
+    _, same = sparsegpt_layer(inputs_for(linear, x, keep=18))
+    torch.testing.assert_close(same, linear.weight.detach())
 
 
 def test_sparsegpt_is_registered_as_an_in_loop_method():

@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from snows_core.runs.executor import exclusive, start_detached
+from snows_core.runs.process import cancel_on_step, exclusive, start_detached
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
@@ -151,17 +151,16 @@ class _Bridge:
 def run_task(spec: dict[str, Any], run_id: str, queue_name: str) -> dict[str, Any]:
     """The Dask task: run one spec on a worker, streaming events to the bridge; returns result and artifacts."""
     distributed = _distributed()
-    from snows_core.runs.executor import RunCancelled
     from snows_core.runs.pipeline import execute
 
     queue = distributed.Queue(queue_name)
     cancel = distributed.Event(_cancel_name(run_id))
     queue.put((run_id, {"kind": "worker", "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}))
 
-    def on_event(event) -> None:
+    def record(event) -> None:
         queue.put((run_id, {**event.to_dict(), "time": time.time()}))
-        if event.kind == "newton_step" and cancel.is_set():
-            raise RunCancelled(run_id)
+
+    on_event = cancel_on_step(run_id, record, cancel.is_set)
 
     with tempfile.TemporaryDirectory(prefix="snows-") as tmp:
         result = execute(RunSpec.from_dict(spec), Path(tmp), on_event)

@@ -12,22 +12,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import os
-import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from snows_core import __version__
 from snows_core.events import Event
+from snows_core.runs.process import RunCancelled, cancel_on_step, exclusive, start_detached
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
@@ -38,19 +35,12 @@ __all__ = [
     "ensure_dispatcher",
     "dispatch",
     "worker_main",
-    "RunCancelled",
-    "exclusive",
-    "start_detached",
 ]
 
 HEARTBEAT_SECONDS = 2.0
 STALE_SECONDS = 30.0  # a running run with no heartbeat this long is failed
 CANCEL_GRACE_SECONDS = 10.0  # after a cancel request, terminate a worker that has not stopped
 IDLE_EXIT_SECONDS = 5.0
-
-
-class RunCancelled(Exception):
-    """Raised from the event callback when the run's cancel request is seen."""
 
 
 def reusable_run(store: RunStore, spec: RunSpec) -> str | None:
@@ -87,34 +77,6 @@ def reap(store: RunStore) -> list[str]:
 def ensure_dispatcher(home: Path) -> None:
     """Start a detached dispatcher for `home` unless one holds the lock."""
     start_detached(home / "dispatcher.lock", home / "dispatcher.log", "snows_core.runs.executor", str(home))
-
-
-@contextmanager
-def exclusive(lock_path: Path) -> Iterator[bool]:
-    """Hold the exclusive lock on `lock_path` for the block; yields False (holding nothing) if another has it."""
-    with open(lock_path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True  # closing the file releases the lock
-
-
-def start_detached(lock_path: Path, log_path: Path, module: str, *args: str) -> None:
-    """Run ``python -m module args`` detached from this process, unless a live one holds `lock_path`."""
-    with exclusive(lock_path) as free:
-        if not free:
-            return
-    with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
-        subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
 
 
 def dispatch(home: Path) -> None:
@@ -172,12 +134,12 @@ def worker_main(home: str, run_id: str) -> None:
     threading.Thread(target=_beat, args=(store, run_id, stop), daemon=True).start()
     spec = RunSpec.from_dict(store.get(run_id)["spec"])
 
-    def on_event(event: Event) -> None:
+    def record(event: Event) -> None:
         store.append_event(run_id, event.kind, event.to_dict())
         if event.kind == "newton_step":
             store.heartbeat(run_id)
-            if store.cancel_requested(run_id):
-                raise RunCancelled(run_id)
+
+    on_event = cancel_on_step(run_id, record, lambda: store.cancel_requested(run_id))
 
     try:
         from snows_core.runs.pipeline import execute

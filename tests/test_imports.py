@@ -1,0 +1,62 @@
+"""The library's import graph has no loop, counting imports inside functions too (type-only imports aside)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "snows_core"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(tree: ast.AST, known: set[str]) -> set[str]:
+    """snows_core modules imported anywhere in `tree` (functions included), except under `if TYPE_CHECKING:`."""
+    found: set[str] = set()
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        found |= runtime_imports(node, known)
+    return found & known
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    known = set(paths)
+    return {name: runtime_imports(ast.parse(p.read_text()), known) - {name} for name, p in paths.items()}
+
+
+def find_loop(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import loop as a path [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (loop := visit(nxt, [*path, nxt])):
+                return loop
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (loop := visit(start, [start])):
+            return loop
+    return None
+
+
+def test_the_finder_sees_a_loop_it_is_shown():
+    assert find_loop({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_loop({"a": {"b"}, "b": set()}) is None
+
+
+def test_snows_core_has_no_import_loop():
+    graph = import_graph()
+    assert "snows_core.prune" in graph and "snows_core.reconstruct" in graph["snows_core.prune"]
+    assert find_loop(graph) is None, " -> ".join(find_loop(graph))
