@@ -7,7 +7,7 @@ import streamlit as st
 
 from snows_core.frames import runs_frame
 from snows_core.models import list_models, model_info
-from snows_core.runs import RunStore
+from snows_core.runs import RunStatus, RunStore, snows_home
 from snows_core.runs.executor import reap
 
 PAGES = [
@@ -19,12 +19,21 @@ PAGES = [
     ("pages/learn.py", "Learn", ":material/school:"),
 ]
 REFRESH_SECONDS = 2.0
-ACTIVE = ("queued", "running")
+ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
 def store() -> RunStore:
-    """The run store of $SNOWS_HOME (read at every rerun, so tests can point it elsewhere)."""
-    return RunStore()
+    """The run store of $SNOWS_HOME, opened (schema, migrations) once per home rather than on every call;
+    $SNOWS_HOME is read each time, so tests can point it elsewhere."""
+    home = snows_home()
+    if not (home / "runs.db").is_file():  # removed under us: open it afresh
+        _open_store.clear()
+    return _open_store(str(home))
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(home: str) -> RunStore:
+    return RunStore(home)
 
 
 def runs() -> pd.DataFrame:
