@@ -9,6 +9,7 @@ from snows_core.frames import runs_frame
 from snows_core.models import list_models, model_info
 from snows_core.runs import RunStatus, RunStore, snows_home
 from snows_core.runs.executor import reap
+from snows_core.runs.store import FINAL
 
 PAGES = [
     ("pages/launch.py", "Launch", ":material/rocket_launch:"),
@@ -77,10 +78,8 @@ def sidebar() -> None:
         if frame.empty:
             st.caption("No runs yet.")
         else:
-            st.caption(
-                " · ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "queued", "done", "failed", "cancelled"))
-            )
-        running = frame[frame["status"] == "running"]
+            st.caption(" · ".join(f"{counts.get(s, 0)} {s}" for s in (RunStatus.RUNNING, RunStatus.QUEUED, *FINAL)))
+        running = frame[frame["status"] == RunStatus.RUNNING]
         for _, row in running.iterrows():
             st.progress(float(row["progress"]), text=f"{row['model']} {row['label']}")
 

@@ -8,10 +8,11 @@ import streamlit as st
 from pages.common import empty_state, runs, store
 from snows_core import charts
 from snows_core.frames import comparability, layers_frame, mask_update_matrix
+from snows_core.runs import RunStatus
 
 st.title("Compare runs")
 frame = runs()
-done = frame[frame["status"] == "done"]
+done = frame[frame["status"] == RunStatus.DONE]
 if len(done) < 2:
     empty_state("Comparing needs at least two finished runs: launch a sweep over mask methods or K.")
     st.stop()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import REFRESH_SECONDS, store, zoo
+from pages.common import ACTIVE, REFRESH_SECONDS, store, zoo
 from snows_core import charts
 from snows_core.frames import steps_frame
 from snows_core.runs.executor import submit
+from snows_core.runs.store import FINAL
 from snows_core.teach import LEARN_SPEC, mask_example, window_chains
 
 st.title("Learn: how SNOWS prunes")
@@ -60,7 +61,7 @@ if st.button("Run the tiny solve", icon=":material/play_arrow:"):
 
 if run_id:
 
-    @st.fragment(run_every=REFRESH_SECONDS if store().get(run_id)["status"] in ("queued", "running") else None)
+    @st.fragment(run_every=REFRESH_SECONDS if store().get(run_id)["status"] in ACTIVE else None)
     def solve() -> None:
         status = store().get(run_id)["status"]
         steps = steps_frame(store().events(run_id))
@@ -79,7 +80,7 @@ if run_id:
                 f"Step {shown}: CG ran {int(row['cg_iters'])} iterations (relative residual {row['cg_residual']:.2g}), "
                 f"the line search accepted step size {row['step_size']:.3g}, and the loss fell to {row['loss']:.4g}."
             )
-        if status in ("done", "failed", "cancelled") and status != st.session_state.get("learn_status"):
+        if status in FINAL and status != st.session_state.get("learn_status"):
             st.session_state["learn_status"] = status
             st.rerun()
 

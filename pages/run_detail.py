@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.common import REFRESH_SECONDS, empty_state, percent, runs, store
+from pages.common import ACTIVE, REFRESH_SECONDS, empty_state, percent, runs, store
 from snows_core import charts
 from snows_core.frames import allocation_frame, layers_frame, scan_frame, steps_frame, trajectory_frame
+from snows_core.runs import RunStatus
 
 st.title("Run detail")
 frame = runs()
@@ -41,7 +42,7 @@ def header(row: pd.Series) -> None:
         + (f" K={row['k']}" if row["reconstruction"] == "snows" else "")
         + f" · {config['n_calib']} calibration images · seed {config['seed']} · status **{row['status']}**"
     )
-    if row["status"] in ("queued", "running"):
+    if row["status"] in ACTIVE:
         total = row["layers_total"]
         done = int(row["layers_done"])
         st.progress(
@@ -56,10 +57,10 @@ def header(row: pd.Series) -> None:
         delta=None if pd.isna(row["gain"]) else f"{100 * row['gain']:+.1f} points over mask only",
     )
     d.metric("seconds", "" if pd.isna(row["seconds"]) else f"{row['seconds']:.1f}")
-    if row["status"] == "failed":
+    if row["status"] == RunStatus.FAILED:
         st.error("The run failed.")
         st.code(row["error"] or "no error text")
-    elif row["status"] == "cancelled":
+    elif row["status"] == RunStatus.CANCELLED:
         st.warning(f"Cancelled: {row['error'] or ''}")
 
 
@@ -73,9 +74,9 @@ def body(row: pd.Series) -> None:
             "No Newton step yet: the run is "
             + (
                 "waiting in the queue."
-                if row["status"] == "queued"
+                if row["status"] == RunStatus.QUEUED
                 else "loading its model and data."
-                if row["status"] == "running"
+                if row["status"] == RunStatus.RUNNING
                 else "without a recorded solve."
             )
         )
@@ -122,7 +123,7 @@ def body(row: pd.Series) -> None:
             st.plotly_chart(charts.trajectory(points, row["top1_dense"]), key="trajectory")
 
 
-@st.fragment(run_every=REFRESH_SECONDS if by_id.loc[run_id, "status"] in ("queued", "running") else None)
+@st.fragment(run_every=REFRESH_SECONDS if by_id.loc[run_id, "status"] in ACTIVE else None)
 def live() -> None:
     current = runs().set_index("id").loc[run_id]
     row = pd.concat([pd.Series({"id": run_id}), current])

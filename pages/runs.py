@@ -9,8 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.common import REFRESH_SECONDS, any_active, empty_state, open_run, runs, store
-from snows_core.runs import RunSpec
+from pages.common import ACTIVE, REFRESH_SECONDS, any_active, empty_state, open_run, runs, store
+from snows_core.runs import RunSpec, RunStatus
 from snows_core.runs.bundle import export_bundle, import_bundle
 from snows_core.runs.executor import submit
 
@@ -58,7 +58,7 @@ def actions(selected: list[str], frame) -> None:
     cols = st.columns(5)
     if cols[0].button("Open", icon=":material/monitoring:", disabled=len(selected) != 1):
         open_run(selected[0])
-    active = rows[rows["status"].isin(("queued", "running"))]
+    active = rows[rows["status"].isin(ACTIVE)]
     if cols[1].button("Cancel", icon=":material/stop_circle:", disabled=active.empty):
         for run_id in active["id"]:
             store().request_cancel(run_id)
@@ -67,7 +67,7 @@ def actions(selected: list[str], frame) -> None:
         for run_id in selected:
             submit(store(), RunSpec.from_dict(store().get(run_id)["spec"]), force=True)
         st.rerun()
-    finished = rows[~rows["status"].isin(("queued", "running"))]
+    finished = rows[~rows["status"].isin(ACTIVE)]
     with cols[3].popover("Delete", icon=":material/delete:", disabled=finished.empty):
         st.write(f"Delete {len(finished)} finished run(s) with their weights? This cannot be undone.")
         if st.button("Delete for good", type="primary"):
@@ -90,7 +90,7 @@ if frame.empty:
     empty_state("No runs yet. Launch one (the teaching demo takes under a minute) or import a bundle below.")
 else:
     f1, f2, f3 = st.columns(3)
-    statuses = f1.multiselect("Status", ["queued", "running", "done", "failed", "cancelled"], key="filter_status")
+    statuses = f1.multiselect("Status", [s.value for s in RunStatus], key="filter_status")
     models = f2.multiselect("Model", sorted(frame["model"].unique()), key="filter_model")
     sweeps = f3.multiselect("Sweep", sorted(frame["sweep_id"].dropna().unique()), key="filter_sweep")
 
@@ -112,7 +112,7 @@ else:
         )
         selected = [shown.iloc[i]["id"] for i in event.selection.rows if i < len(shown)]
         actions(selected, live)
-        failed = shown[shown["status"] == "failed"]
+        failed = shown[shown["status"] == RunStatus.FAILED]
         for _, row in failed.head(3).iterrows():
             with st.expander(f"Why {row['id']} failed"):
                 st.code(row["error"] or "no error text")

@@ -6,10 +6,11 @@ import streamlit as st
 
 from pages.common import empty_state, open_run, runs
 from snows_core import charts
+from snows_core.runs import RunStatus
 
 st.title("Trade-offs")
 frame = runs()
-done = frame[frame["status"] == "done"]
+done = frame[frame["status"] == RunStatus.DONE]
 if done.empty:
     empty_state(
         "No finished runs yet. Launch a sweep, e.g. the preset *Magnitude vs Wanda at K = 0 and 3*, "

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from snows_core.config import upgrade_config_dict
-from snows_core.runs.store import RunStore
+from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = [
     "RUN_COLUMNS",
@@ -66,7 +66,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
     row = {
         "id": run["id"],
         "status": run["status"],
-        "progress": 1.0 if run["status"] == "done" else (done / total if total else 0.0),
+        "progress": 1.0 if run["status"] == RunStatus.DONE else (done / total if total else 0.0),
         "model": run["spec"]["model"],
         "dataset": run["spec"]["dataset"],
         "eval_size": run["spec"]["eval_size"],
@@ -185,7 +185,7 @@ def trajectory_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def mask_update_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(top-1, gain over mask-only) with rows = mask methods and columns = updates; newest run per cell."""
-    done = runs[runs["status"] == "done"].copy()
+    done = runs[runs["status"] == RunStatus.DONE].copy()
     if done.empty:
         empty = pd.DataFrame()
         return empty, empty
