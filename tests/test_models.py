@@ -7,8 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from snows_core.data import load_npz
+from snows_core.lookahead import trace
 from snows_core.metrics import top1
 from snows_core.models import create_model, list_models, read_state_dict
+from snows_core.prune import default_layers
 
 
 @pytest.mark.parametrize("name,convs", [("resnet20_cifar10", 19), ("resnet32_cifar10", 31), ("resnet56_cifar10", 55)])
@@ -61,3 +63,9 @@ def test_pickles_with_code_and_corrupt_files_are_refused(tmp_path, capsys):
         read_state_dict(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         read_state_dict(tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_traces_and_has_layers_to_prune(name):
+    model = create_model(name, pretrained=False)
+    assert default_layers(trace(model))

@@ -9,6 +9,7 @@ from test_lookahead import DepthwiseSENet
 
 from snows_core import PruneConfig, prune_model
 from snows_core.data import load_npz
+from snows_core.masks import get_mask_method, list_mask_methods
 from snows_core.metrics import top1
 from snows_core.models import create_model
 
@@ -157,3 +158,11 @@ def test_snows_runs_on_a_timm_vit_and_a_depthwise_se_net(curvature):
         result = prune_model(model, torch.randn(shape), cfg)
         assert result.layers and all(r.loss_after <= r.loss_before for r in result.layers)
         assert sum(r.loss_after < r.loss_before for r in result.layers) >= len(result.layers) // 2
+
+
+@pytest.mark.parametrize("mask", [m for m in list_mask_methods() if not get_mask_method(m).user_supplied])
+def test_every_registered_mask_method_keeps_the_exact_count(tiny_resnet, mask):
+    calib = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    result = prune_model(tiny_resnet, calib, PruneConfig(sparsity=0.5, mask=mask, reconstruction="none", n_calib=16))
+    assert set(result.masks) == {"c1", "c2"}
+    assert all(int(keep.sum()) == keep.numel() // 2 for keep in result.masks.values())

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from snows_core import PruneConfig, prune_model
 from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem, lstsq_weight
+from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem, list_reconstructions, lstsq_weight
 
 
 def ridge_rows(inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -80,7 +80,7 @@ def test_snows_at_k0_reaches_the_least_squares_optimum(tiny_resnet, curvature):
     torch.testing.assert_close(snows.weight, lstsq.weight, rtol=1e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("reconstruction", ["none", "lstsq", "snows"])
+@pytest.mark.parametrize("reconstruction", list_reconstructions())
 @pytest.mark.parametrize("k", [0, 3])
 def test_reconstruction_never_raises_the_loss_and_keeps_pruned_weights_zero(tiny_resnet, reconstruction, k):
     calib = torch.randn(24, 3, 6, 6, generator=torch.Generator().manual_seed(5))
