@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser import chromium, select_option, serve_app  # noqa: E402
+from scripts.browser import chromium, select_option, serve_app  # noqa: E402
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.browser import CHROMIUM, chromium, select_option, serve_app
 from snows_core.runs import RunStore
-from tests.browser import CHROMIUM, chromium, select_option, serve_app
 
 pytest.importorskip("playwright")
 pytestmark = [
