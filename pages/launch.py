@@ -279,7 +279,7 @@ with st.expander("Advanced"):
         step=0.25,
         key="curvature_fraction",
         help="Share of each batch the CG products see (the gradient always sees all of it); 0.25 makes "
-        "the official settings about 3.5x faster for under a point of top-1 on resnet20",
+        "the official settings about 3x faster for under a point of top-1 on resnet20",
     )
 
 st.session_state[SAVED] = {key: st.session_state[key] for key in FORM_DEFAULTS}
