@@ -136,9 +136,8 @@ def worker_main(home: str, run_id: str) -> None:
 
     def record(event: Event) -> None:
         store.append_event(run_id, event.kind, event.to_dict())
-        if event.kind == "newton_step":
-            store.heartbeat(run_id)
 
+    # liveness is the beat thread's job; a step only reads the cancel flag
     on_event = cancel_on_step(run_id, record, lambda: store.cancel_requested(run_id))
 
     try:
