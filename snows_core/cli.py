@@ -20,6 +20,7 @@ from snows_core.events import Event
 from snows_core.models import list_models
 from snows_core.report import PruneResult
 from snows_core.runs import RunSpec, RunStore
+from snows_core.runs.executor import check_backend, list_backends, reap, submit
 
 __all__ = ["main", "add_model_arguments", "add_config_arguments", "config_from_args", "layer_table"]
 
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         add_model_arguments(queue)
         add_run_arguments(queue)
         queue.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
-        queue.add_argument("--executor", choices=("local", "dask"), default="local", help="where runs compute")
+        queue.add_argument("--executor", choices=list_backends(), default="local", help="where runs compute")
         queue.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
         add_config_arguments(queue, grid=grid)
 
@@ -176,26 +177,11 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from snows_core.runs.executor import submit
-
     spec = _run_spec(args)
     spec.check_inputs()
-    print(submit(RunStore(), spec, force=args.force, executor=_executor(args)))
+    check_backend(args.executor, args.scheduler)
+    print(submit(RunStore(), spec, force=args.force, executor=args.executor, scheduler=args.scheduler))
     return 0
-
-
-def _executor(args: argparse.Namespace) -> str:
-    """Where runs compute: "local", or the checked address of the Dask scheduler named by --scheduler."""
-    if args.executor == "local":
-        if args.scheduler:
-            raise ValueError("--scheduler is only used with --executor dask")
-        return "local"
-    if not args.scheduler:
-        raise ValueError("--executor dask needs --scheduler tcp://HOST:8786")
-    from snows_core.runs.dask_executor import check_scheduler
-
-    check_scheduler(args.scheduler)
-    return args.scheduler
 
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:
@@ -219,8 +205,8 @@ def _sweep(args: argparse.Namespace) -> int:
     base = _run_spec(argparse.Namespace(**{**vars(args), **{name: values[0] for name, values in axes.items()}}))
     base.check_inputs()
     specs = grid_specs(base, {name: values for name, values in axes.items() if len(values) > 1})
-    executor = _executor(args)
-    group, runs = submit_all(RunStore(), specs, force=args.force, executor=executor)
+    check_backend(args.executor, args.scheduler)
+    group, runs = submit_all(RunStore(), specs, force=args.force, executor=args.executor, scheduler=args.scheduler)
     print("\n".join(runs))
     print(f"{group or 'sweep'}: {len(runs)} run{'s' if len(runs) != 1 else ''}")
     return 0
@@ -273,8 +259,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _reaped_store() -> RunStore:
-    from snows_core.runs.executor import reap
-
     store = RunStore()
     reap(store)
     return store

@@ -38,7 +38,8 @@ RUN_COLUMNS = [
     "id", "status", "progress", "model", "dataset", "mask", "reconstruction", "k", "pattern", "allocation",
     "stages", "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds", "sparsity_achieved",
     "peak_mem", "layers_done", "layers_total", "n_calib", "seed", "newton_passes", "cg_iters", "eval_size", "sweep_id",
-    "created", "version", "calib_digest", "eval_subset", "executor", "imported_from", "torch", "error", "label",
+    "created", "version", "calib_digest", "eval_subset", "executor", "scheduler", "imported_from", "torch", "error",
+    "label",
 ]  # fmt: skip
 
 COMPARABLE_ON = {  # column: what differs when it does
@@ -88,6 +89,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
         "calib_digest": result.get("calib_digest"),
         "eval_subset": result.get("eval_subset"),
         "executor": run["executor"],
+        "scheduler": run["scheduler"],
         "imported_from": run["imported_from"],
         "torch": (result.get("environment") or {}).get("torch"),
         "error": run["error"],

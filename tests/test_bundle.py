@@ -131,3 +131,35 @@ def test_a_store_from_the_previous_version_gains_the_new_columns(tmp_path):
     old = store.get("old")
     assert old["executor"] == "local" and old["imported_from"] is None
     assert store.create(SPEC, "v") in {r["id"] for r in store.list()}
+
+
+def test_a_store_that_kept_the_scheduler_in_the_executor_column_is_migrated_in_place(tmp_path):
+    RunStore(tmp_path)
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.execute("ALTER TABLE runs DROP COLUMN scheduler")  # the layout of the version before
+    for run_id, executor in (("here", "local"), ("there", "tcp://10.0.0.5:8786")):
+        db.execute(
+            "INSERT INTO runs (id, spec, spec_hash, version, status, created, executor) "
+            "VALUES (?, ?, 'h', 'v', 'done', 1.0, ?)",
+            (run_id, json.dumps(SPEC.to_dict()), executor),
+        )
+    db.commit()
+    db.close()
+    store = RunStore(tmp_path)
+    assert [(r["id"], r["executor"], r["scheduler"]) for r in store.list()] == [
+        ("here", "local", None),
+        ("there", "dask", "tcp://10.0.0.5:8786"),
+    ]
+    assert RunStore(tmp_path).list(executor="dask", scheduler="tcp://10.0.0.5:8786")[0]["id"] == "there"
+
+
+def test_a_bundle_from_before_the_scheduler_column_imports_as_a_dask_run(finished, tmp_path):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    manifest = json.loads((out / "bundle.json").read_text())
+    del manifest["run"]["scheduler"]
+    manifest["run"]["executor"] = "tcp://10.0.0.5:8786"
+    (out / "bundle.json").write_text(json.dumps(manifest))
+    other = RunStore(tmp_path / "other-home")
+    imported = other.get(import_bundle(other, out))
+    assert (imported["executor"], imported["scheduler"]) == ("dask", "tcp://10.0.0.5:8786")

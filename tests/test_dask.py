@@ -34,12 +34,30 @@ def test_a_sweep_runs_on_the_cluster_and_reaches_the_store(home, cluster):
     assert [s["status"] for s in finished] == ["done", "done"], [s["error"] for s in finished]
     worker_pids = set(client.run(os.getpid).values())
     for s in finished:
-        assert s["executor"] == address and s["worker_pid"] in worker_pids
+        assert (s["executor"], s["scheduler"]) == ("dask", address) and s["worker_pid"] in worker_pids
         assert s["layers_done"] == s["layers_total"] == 2 and 0.5 < s["top1_final"] <= 1
         assert (home / "runs" / s["id"] / "model.safetensors").is_file()
     assert finished[0]["calib_digest"] == finished[1]["calib_digest"]  # one calibration sample for the sweep
     kinds = {e["kind"] for e in RunStore(home).events(runs[0])}
     assert {"worker", "run_started", "newton_step", "layer_done", "run_done"} <= kinds
+
+
+def test_the_cli_the_local_queue_and_the_cluster_give_one_result(home, cluster, tmp_path):
+    address, _ = cluster
+    p = cli("prune", *QUICK, "--out", str(tmp_path / "cli"))
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    local = cli("submit", *QUICK).stdout.strip()
+    remote = cli("submit", *QUICK, "--force", "--executor", "dask", "--scheduler", address).stdout.strip()
+    assert local != remote
+    for run in (local, remote):
+        assert wait_for(run, lambda s: s["status"] in ("done", "failed", "cancelled"))["status"] == "done"
+    store = RunStore(home)
+    local_result, remote_result = store.result(local), store.result(remote)
+    assert set(local_result) == set(remote_result) and set(local_result) <= set(report)
+    assert store.get(local)["spec"] == store.get(remote)["spec"] == report["spec"]
+    for key in ("top1_dense", "top1_mask_only", "top1_final", "calib_ids", "eval_images", "sparsity"):
+        assert report[key] == local_result[key] == remote_result[key], key
 
 
 def test_cancel_reaches_a_task_running_on_the_cluster(home, cluster):

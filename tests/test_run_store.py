@@ -151,3 +151,31 @@ def test_cancel_on_step_records_everything_and_stops_only_after_a_newton_step():
     with pytest.raises(RunCancelled, match="r1"):
         on_event(NewtonStep("b", 1))
     assert [e.kind for e in seen] == ["newton_step", "layer_started", "newton_step"]
+
+
+@pytest.mark.parametrize(
+    "executor,scheduler,message",
+    [
+        ("slurm", None, "executor must be one of 'local', 'dask'; got 'slurm'"),
+        ("local", "tcp://127.0.0.1:8786", "only used with --executor dask"),
+        ("dask", None, "--executor dask needs --scheduler"),
+    ],
+)
+def test_a_submit_to_a_backend_that_cannot_serve_it_stores_nothing(tmp_path, executor, scheduler, message):
+    from snows_core.runs.executor import submit
+
+    store = RunStore(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        submit(store, spec(), executor=executor, scheduler=scheduler)
+    assert store.list() == []
+
+
+def test_runs_are_claimed_per_backend_and_scheduler(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.create(spec(), "v", executor="dask", scheduler="tcp://a:8786")
+    b = store.create(spec(k=1), "v", executor="dask", scheduler="tcp://b:8786")
+    here = store.create(spec(k=2), "v")
+    assert store.claim_next(pid=1, executor="dask", scheduler="tcp://b:8786")["id"] == b
+    assert store.claim_next(pid=1)["id"] == here
+    assert store.claim_next(pid=1) is None
+    assert [r["id"] for r in store.list(RunStatus.QUEUED.value)] == [a]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from snows_core.runs import RunSpec, RunStore
-from snows_core.runs.executor import ensure_dispatcher
+from snows_core.runs.local import ensure_dispatcher
 from tests.cli_helpers import QUICK, SLOW, cli, solving, submit, wait_for
 
 pytestmark = pytest.mark.slow  # real dispatcher and worker processes

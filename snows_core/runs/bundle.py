@@ -61,7 +61,7 @@ def export_bundle(store: RunStore, run_id: str, out: str | Path) -> Path:
     row = {k: run[k] for k in ("id", "status", "version", "sweep_id", "created", "started", "finished", "error")}
     bundle = {
         "format": BUNDLE_FORMAT,
-        "run": {**row, "executor": run["executor"], "spec_hash": run["spec_hash"]},
+        "run": {**row, "executor": run["executor"], "scheduler": run["scheduler"], "spec_hash": run["spec_hash"]},
         "spec": run["spec"],
         "result": result,
         "environment": (result or {}).get("environment"),

@@ -3,7 +3,7 @@
 The store stays on this machine. A *bridge*, one detached local process per ($SNOWS_HOME, scheduler),
 owns the store side:
 
-- it claims the queued runs whose executor is this scheduler and submits one task each, asking for a
+- it claims the queued dask runs whose scheduler is its own and submits one task each, asking for a
   ``GPU`` worker resource when any worker of the cluster advertises one;
 - it drains a ``distributed.Queue`` into the store (tasks put their progress events there), beats the
   heartbeat of every run it holds, and relays a stored cancel request as a ``distributed.Event`` that
@@ -28,15 +28,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from snows_core.runs.process import cancel_on_step, exclusive, start_detached
+from snows_core.runs.pipeline import execute
+from snows_core.runs.process import (
+    CANCEL_GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    cancel_on_step,
+    exclusive,
+    serve_until_idle,
+    start_detached,
+)
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = ["check_scheduler", "ensure_bridge", "bridge", "run_task"]
 
-HEARTBEAT_SECONDS = 2.0
-CANCEL_GRACE_SECONDS = 10.0
-IDLE_EXIT_SECONDS = 5.0
 CONNECT_TIMEOUT = "10s"
 
 
@@ -80,24 +85,24 @@ class _Bridge:
         self.futures: dict[str, Any] = {}
         self.cancel_seen: dict[str, float] = {}
         self.resources = {"GPU": 1} if _cluster_has_gpus(client) else None
+        self.last_beat = time.monotonic()
 
     def serve(self) -> None:
-        idle_since = last_beat = time.monotonic()
-        while time.monotonic() - idle_since < IDLE_EXIT_SECONDS:
-            self._submit_queued()
-            finished = [run_id for run_id, future in self.futures.items() if future.done()]
-            self._drain()  # after noting which finished, so their last events are stored before they end
-            for run_id in finished:
-                self._finish(run_id, self.futures.pop(run_id))
-            if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-                self._beat()
-                last_beat = time.monotonic()
-            if self.futures or self.store.list(RunStatus.QUEUED.value, executor=self.address):
-                idle_since = time.monotonic()
-            time.sleep(0.2)
+        serve_until_idle(self._tick)
+
+    def _tick(self) -> bool:
+        self._submit_queued()
+        finished = [run_id for run_id, future in self.futures.items() if future.done()]
+        self._drain()  # after noting which finished, so their last events are stored before they end
+        for run_id in finished:
+            self._finish(run_id, self.futures.pop(run_id))
+        if time.monotonic() - self.last_beat > HEARTBEAT_SECONDS:
+            self._beat()
+            self.last_beat = time.monotonic()
+        return bool(self.futures or self.store.list(RunStatus.QUEUED.value, executor="dask", scheduler=self.address))
 
     def _submit_queued(self) -> None:
-        while (run := self.store.claim_next(pid=os.getpid(), executor=self.address)) is not None:
+        while (run := self.store.claim_next(pid=os.getpid(), executor="dask", scheduler=self.address)) is not None:
             self.futures[run["id"]] = self.client.submit(
                 run_task,
                 run["spec"],
@@ -151,8 +156,6 @@ class _Bridge:
 def run_task(spec: dict[str, Any], run_id: str, queue_name: str) -> dict[str, Any]:
     """The Dask task: run one spec on a worker, streaming events to the bridge; returns result and artifacts."""
     distributed = _distributed()
-    from snows_core.runs.pipeline import execute
-
     queue = distributed.Queue(queue_name)
     cancel = distributed.Event(_cancel_name(run_id))
     queue.put((run_id, {"kind": "worker", "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}))

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cancel_time REAL,
     executor TEXT NOT NULL DEFAULT 'local',
-    imported_from TEXT
+    imported_from TEXT,
+    scheduler TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep_id);
@@ -86,10 +87,12 @@ class RunStore:
         self.home = Path(home) if home is not None else snows_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "runs.db"
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persists in the file
+            db.execute("BEGIN IMMEDIATE")  # two processes opening an old store migrate it once
             _add_missing_columns(db)
+            db.execute("COMMIT")
             db.executescript(SCHEMA)
         finally:
             db.close()
@@ -114,8 +117,15 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
 
-    def create(self, spec: RunSpec, version: str, sweep_id: str | None = None, executor: str = "local") -> str:
-        """Store a new queued run and return its id; `executor` is "local" or a Dask scheduler address."""
+    def create(
+        self,
+        spec: RunSpec,
+        version: str,
+        sweep_id: str | None = None,
+        executor: str = "local",
+        scheduler: str | None = None,
+    ) -> str:
+        """Store a new queued run and return its id; `executor` names its backend, `scheduler` its address if any."""
         digest = spec.content_hash()
         now = time.time()
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
@@ -125,9 +135,19 @@ class RunStore:
             taken = {r[0] for r in db.execute("SELECT id FROM runs WHERE id LIKE ?", (base + "%",))}
             run_id = base if base not in taken else _next_free(base, taken)
             db.execute(
-                "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created, executor) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, json.dumps(spec.to_dict()), digest, version, RunStatus.QUEUED.value, sweep_id, now, executor),
+                "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created, executor, scheduler) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    json.dumps(spec.to_dict()),
+                    digest,
+                    version,
+                    RunStatus.QUEUED.value,
+                    sweep_id,
+                    now,
+                    executor,
+                    scheduler,
+                ),
             )
         return run_id
 
@@ -138,21 +158,26 @@ class RunStore:
             raise KeyError(f"no run {run_id!r} in {self.path}")
         return _run_dict(row)
 
-    def list(self, status: str | None = None, executor: str | None = None) -> list[dict[str, Any]]:
-        """Runs oldest first, optionally only those with one status or one executor."""
-        where = {"status": status, "executor": executor}
+    def list(
+        self, status: str | None = None, executor: str | None = None, scheduler: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs oldest first, optionally only those with one status, one backend or one scheduler."""
+        where = {"status": status, "executor": executor, "scheduler": scheduler}
         clauses = [f"{column} = ?" for column, value in where.items() if value is not None]
         query = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         args = tuple(value for value in where.values() if value is not None)
         with self._connect() as db:
             return [_run_dict(r) for r in db.execute(query + " ORDER BY created, id", args)]
 
-    def claim_next(self, pid: int, executor: str = "local") -> dict[str, Any] | None:
-        """Atomically move the oldest queued run of `executor` to running under `pid` (FIFO); None if none."""
+    def claim_next(self, pid: int, executor: str = "local", scheduler: str | None = None) -> dict[str, Any] | None:
+        """Atomically move the oldest queued run of (`executor`, `scheduler`) to running under `pid` (FIFO);
+        None if none."""
         now = time.time()
         with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM runs WHERE status = 'queued' AND executor = ? ORDER BY created, id LIMIT 1", (executor,)
+                "SELECT * FROM runs WHERE status = 'queued' AND executor = ? AND scheduler IS ? "
+                "ORDER BY created, id LIMIT 1",
+                (executor, scheduler),
             ).fetchone()
             if row is None:
                 return None
@@ -202,7 +227,7 @@ class RunStore:
                 raise ValueError(f"run {run['id']!r} is already in {self.path}")
             db.execute(
                 "INSERT INTO runs (id, spec, spec_hash, version, status, sweep_id, created, started, finished, error, "
-                "executor, imported_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "executor, scheduler, imported_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run["id"],
                     json.dumps(spec.to_dict()),
@@ -214,7 +239,7 @@ class RunStore:
                     run.get("started"),
                     run.get("finished"),
                     run.get("error"),
-                    run.get("executor", "local"),
+                    *_backend_columns(run.get("executor", "local"), run.get("scheduler")),
                     run["imported_from"],
                 ),
             )
@@ -322,6 +347,16 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     for column, decl in (("executor", "TEXT NOT NULL DEFAULT 'local'"), ("imported_from", "TEXT")):
         if column not in columns:
             db.execute(f"ALTER TABLE runs ADD COLUMN {column} {decl}")
+    if "scheduler" not in columns:  # stores before it kept a Dask scheduler's address in `executor`
+        db.execute("ALTER TABLE runs ADD COLUMN scheduler TEXT")
+        db.execute("UPDATE runs SET scheduler = executor, executor = 'dask' WHERE executor != 'local'")
+
+
+def _backend_columns(executor: str, scheduler: str | None) -> tuple[str, str | None]:
+    """(executor, scheduler) of a run row, from a bundle that may predate the scheduler column."""
+    if executor != "local" and scheduler is None and "://" in executor:
+        return "dask", executor
+    return executor, scheduler
 
 
 def _payload(event: dict[str, Any]) -> dict[str, Any]:

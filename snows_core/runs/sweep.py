@@ -37,10 +37,17 @@ def sweep_id(specs: Sequence[RunSpec]) -> str:
 
 
 def submit_all(
-    store: RunStore, specs: Sequence[RunSpec], *, force: bool = False, executor: str = "local"
+    store: RunStore,
+    specs: Sequence[RunSpec],
+    *,
+    force: bool = False,
+    executor: str = "local",
+    scheduler: str | None = None,
 ) -> tuple[str | None, list[str]]:
     """Queue `specs` (one sweep id when there are several) and return (sweep id, run ids in order)."""
     from snows_core.runs.executor import submit
 
     group = sweep_id(specs) if len(specs) > 1 else None
-    return group, [submit(store, spec, force=force, sweep_id=group, executor=executor) for spec in specs]
+    return group, [
+        submit(store, spec, force=force, sweep_id=group, executor=executor, scheduler=scheduler) for spec in specs
+    ]

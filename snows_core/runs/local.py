@@ -1,0 +1,131 @@
+"""The ``local`` backend: one dispatcher per $SNOWS_HOME serves the queue with worker processes here.
+
+- The dispatcher is one detached process per $SNOWS_HOME (it holds an exclusive lock on
+  ``dispatcher.lock``; a second one exits at once). It serves queued runs in FIFO order, starting each
+  in a worker process of the ``spawn`` context (CUDA cannot be re-initialised in a forked child): one
+  at a time per GPU, up to $SNOWS_CPU_WORKERS (default 1) on CPU, and exits when idle.
+- A worker marks its run running, streams events into the store, beats every few seconds, and ends
+  the run done, failed (with the traceback) or cancelled. A cancel request stored on the run is
+  honoured at the next Newton step; the dispatcher terminates a worker that ignores it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from snows_core.events import Event
+from snows_core.runs.pipeline import execute
+from snows_core.runs.process import (
+    CANCEL_GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    RunCancelled,
+    cancel_on_step,
+    exclusive,
+    reap,
+    serve_until_idle,
+    start_detached,
+)
+from snows_core.runs.spec import RunSpec
+from snows_core.runs.store import RunStatus, RunStore
+
+__all__ = ["ensure_dispatcher", "dispatch", "worker_main"]
+
+
+def ensure_dispatcher(home: Path) -> None:
+    """Start a detached dispatcher for `home` unless one holds the lock."""
+    start_detached(home / "dispatcher.lock", home / "dispatcher.log", "snows_core.runs.local", str(home))
+
+
+def dispatch(home: Path) -> None:
+    """Serve the queue until it has been empty and idle for a few seconds (one dispatcher per home)."""
+    store = RunStore(home)
+    with exclusive(home / "dispatcher.lock") as held:
+        if not held:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        workers: dict[str, multiprocessing.Process] = {}
+
+        def tick() -> bool:
+            _collect(store, workers)
+            while len(workers) < _slots():
+                run = store.claim_next(pid=0, executor="local")
+                if run is None:
+                    break
+                process = ctx.Process(target=worker_main, args=(str(home), run["id"]), daemon=False)
+                process.start()
+                store.set_worker(run["id"], process.pid)
+                workers[run["id"]] = process
+            return bool(workers or store.list(RunStatus.QUEUED.value, executor="local"))
+
+        serve_until_idle(tick)
+
+
+def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> None:
+    reap(store)
+    for run_id, process in list(workers.items()):
+        run = store.get(run_id)
+        if not process.is_alive():
+            process.join()
+            del workers[run_id]
+            if run["status"] == RunStatus.RUNNING.value:
+                store.finish(run_id, RunStatus.FAILED, error=f"worker died (exit code {process.exitcode})")
+        elif run["cancel_requested"] and time.time() - (run["cancel_time"] or time.time()) > CANCEL_GRACE_SECONDS:
+            process.terminate()
+            process.join(5)
+            store.finish(run_id, RunStatus.CANCELLED, error="terminated after the cancel request")
+            del workers[run_id]
+
+
+def _slots() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, int(os.environ.get("SNOWS_CPU_WORKERS", "1")))
+
+
+def worker_main(home: str, run_id: str) -> None:
+    """Process entry: run one claimed run and record how it ended."""
+    store = RunStore(home)
+    store.set_worker(run_id, os.getpid())
+    _limit_threads()
+    stop = threading.Event()
+    threading.Thread(target=_beat, args=(store, run_id, stop), daemon=True).start()
+    spec = RunSpec.from_dict(store.get(run_id)["spec"])
+
+    def record(event: Event) -> None:
+        store.append_event(run_id, event.kind, event.to_dict())
+
+    # liveness is the beat thread's job; a step only reads the cancel flag
+    on_event = cancel_on_step(run_id, record, lambda: store.cancel_requested(run_id))
+
+    try:
+        result = execute(spec, store.run_dir(run_id), on_event)
+        store.finish(run_id, RunStatus.DONE, result)
+    except RunCancelled:
+        store.finish(run_id, RunStatus.CANCELLED, error="cancelled by request")
+    except BaseException:
+        store.finish(run_id, RunStatus.FAILED, error=traceback.format_exc())
+    finally:
+        stop.set()
+
+
+def _beat(store: RunStore, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        store.heartbeat(run_id)
+
+
+def _limit_threads() -> None:
+    """Share the CPU cores among the workers: oversubscribed OpenMP threads slow small ops many-fold."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // _slots()))
+
+
+if __name__ == "__main__":
+    dispatch(Path(sys.argv[1]))
