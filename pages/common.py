@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from snows_core.frames import runs_frame
+from snows_core.dashboard.frames import runs_frame
 from snows_core.models import list_models, model_info
 from snows_core.runs import RunStatus, RunStore, snows_home
 from snows_core.runs.executor import reap

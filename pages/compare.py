@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import empty_state, runs, store
-from snows_core import charts
-from snows_core.frames import comparability, layers_frame, mask_update_matrix
+from snows_core.dashboard import charts
+from snows_core.dashboard.frames import comparability, layers_frame, mask_update_matrix
 from snows_core.runs import RunStatus
 
 st.title("Compare runs")

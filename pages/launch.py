@@ -10,8 +10,8 @@ import streamlit as st
 
 from pages.common import model_label, open_run, store, zoo
 from snows_core.config import TARGETS, PruneConfig
+from snows_core.dashboard.forecast import forecast, probe
 from snows_core.data import list_datasets
-from snows_core.forecast import forecast, probe
 from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
 from snows_core.runs import RunSpec

@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import ACTIVE, REFRESH_SECONDS, store, zoo
-from snows_core import charts
-from snows_core.frames import steps_frame
+from snows_core.dashboard import charts
+from snows_core.dashboard.frames import steps_frame
+from snows_core.dashboard.teach import LEARN_SPEC, mask_example, window_chains
 from snows_core.runs.executor import submit
 from snows_core.runs.store import FINAL
-from snows_core.teach import LEARN_SPEC, mask_example, window_chains
 
 st.title("Learn: how SNOWS prunes")
 

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import ACTIVE, REFRESH_SECONDS, empty_state, percent, runs, store
-from snows_core import charts
-from snows_core.frames import allocation_frame, layers_frame, scan_frame, steps_frame, trajectory_frame
+from snows_core.dashboard import charts
+from snows_core.dashboard.frames import allocation_frame, layers_frame, scan_frame, steps_frame, trajectory_frame
 from snows_core.runs import RunStatus
 
 st.title("Run detail")

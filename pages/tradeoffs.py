@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import empty_state, open_run, runs
-from snows_core import charts
+from snows_core.dashboard import charts
 from snows_core.runs import RunStatus
 
 st.title("Trade-offs")

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 
 from snows_core import PruneConfig
-from snows_core.forecast import Forecast, forecast, probe
+from snows_core.dashboard.forecast import Forecast, forecast, probe
+from snows_core.dashboard.teach import LEARN_SPEC, mask_example, window_chains
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.sweep import grid_specs, sweep_id
-from snows_core.teach import LEARN_SPEC, mask_example, window_chains
 
 BASE = RunSpec(model="mlp", config=PruneConfig(sparsity=0.5, n_calib=64))
 

@@ -1,11 +1,12 @@
-"""Store -> DataFrames (snows_core.frames) and DataFrames -> Plotly figures (snows_core.charts)."""
+"""Store -> DataFrames (dashboard.frames) and DataFrames -> Plotly figures (dashboard.charts)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from snows_core import PruneConfig, charts
-from snows_core.frames import (
+from snows_core import PruneConfig
+from snows_core.dashboard import charts
+from snows_core.dashboard.frames import (
     allocation_frame,
     comparability,
     layers_frame,

@@ -60,3 +60,15 @@ def test_snows_core_has_no_import_loop():
     graph = import_graph()
     assert "snows_core.prune" in graph and "snows_core.reconstruct" in graph["snows_core.prune"]
     assert find_loop(graph) is None, " -> ".join(find_loop(graph))
+
+
+def test_the_library_floor_never_imports_the_dashboard_or_streamlit():
+    graph = import_graph()
+    below = {name for name in graph if not name.startswith("snows_core.dashboard")}
+    assert "snows_core.prune" in below and "snows_core.dashboard.frames" in graph
+    assert [name for name in below if any(m.startswith("snows_core.dashboard") for m in graph[name])] == []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m.split(".")[0] == "streamlit" for m in imported), path

@@ -1,4 +1,4 @@
-"""Plotly figures for the dashboard, each built from a DataFrame of `snows_core.frames` (testable without a UI).
+"""Plotly figures for the dashboard, each built from a DataFrame of `dashboard.frames` (testable without a UI).
 
 Every trade-off point carries its run id in `customdata`, so a click in the app can open that run.
 """
