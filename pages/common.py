@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from snows_core.dashboard.frames import runs_frame
 from snows_core.models import list_models, model_info
@@ -20,6 +21,7 @@ PAGES = [
     ("pages/learn.py", "Learn", ":material/school:"),
 ]
 REFRESH_SECONDS = 2.0
+_RUNS = "_runs_this_script_run"  # (script run, runs frame read in it)
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
@@ -38,7 +40,26 @@ def _open_store(home: str) -> RunStore:
 
 
 def runs() -> pd.DataFrame:
-    """All runs, newest first; runs whose worker died are marked failed first."""
+    """All runs, newest first, runs whose worker died marked failed first. Read once per script run: the
+    sidebar, the page and a fragment drawn with it share one read; a fragment's timed reruns are script
+    runs of their own and read afresh."""
+    this_run = _script_run()
+    shared = st.session_state.get(_RUNS)
+    if this_run is not None and shared is not None and shared[0] is this_run:
+        return shared[1]
+    frame = _read_runs()
+    st.session_state[_RUNS] = (this_run, frame)
+    return frame
+
+
+def _script_run() -> object | None:
+    """An object new in every script run, full or fragment: Streamlit resets its run context (and with it
+    the element cursors) at the start of each."""
+    ctx = get_script_run_ctx()
+    return None if ctx is None else ctx.cursors
+
+
+def _read_runs() -> pd.DataFrame:
     current = store()
     reap(current)
     return runs_frame(current)

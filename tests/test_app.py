@@ -136,3 +136,17 @@ def test_more_calibration_images_than_the_data_holds_is_refused(home):
     at = open_page("launch")
     at.number_input(key="n_calib").set_value(70_000).run()
     assert at.error and "n_calib" in at.error[0].value
+
+
+@pytest.mark.parametrize("page", ["runs", "run_detail"])
+def test_a_page_and_its_live_fragment_share_one_read_of_the_runs_frame(home, page, monkeypatch):
+    import pages.common
+
+    ids = populate(home)
+    reads = []
+    real = pages.common.runs_frame
+    monkeypatch.setattr(pages.common, "runs_frame", lambda store: reads.append(1) or real(store))
+    at = open_page(page, run=ids["done"])
+    reads.clear()
+    at.run()
+    assert not at.exception and len(reads) == 1
