@@ -1,4 +1,4 @@
-"""Compare: runs side by side, the mask x update matrix, and a flag when runs are not comparable."""
+"""Compare: runs side by side, the mask x reconstruction matrix, and a flag when runs are not comparable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages.common import empty_state, runs, store
 from snows_core.dashboard import charts
-from snows_core.dashboard.frames import comparability, layers_frame, mask_update_matrix
+from snows_core.dashboard.frames import comparability, layers_frame, mask_reconstruction_matrix
 from snows_core.runs import RunStatus
 
 st.title("Compare runs")
@@ -63,14 +63,14 @@ layers = pd.concat(
 if not layers.empty:
     st.plotly_chart(charts.compare_layer_losses(layers), key="compare_layers")
 
-st.subheader("Mask x update")
+st.subheader("Mask x reconstruction")
 model_runs = done[done["model"] == picked["model"].iloc[0]]
 sparsities = sorted(model_runs["sparsity"].dropna().unique())
 if sparsities:
     sparsity = st.select_slider(
         "Sparsity", sparsities, value=picked["sparsity"].dropna().iloc[0], key="matrix_sparsity"
     )
-    top1, gain = mask_update_matrix(model_runs[model_runs["sparsity"] == sparsity])
+    top1, gain = mask_reconstruction_matrix(model_runs[model_runs["sparsity"] == sparsity])
     if not top1.empty:
         st.plotly_chart(charts.matrix_heatmap(top1, gain), key="matrix")
         st.caption("Cells: top-1 of the newest finished run, and its gain over the mask alone on the same images.")

@@ -14,6 +14,7 @@ from snows_core.dashboard.forecast import forecast, probe
 from snows_core.data import list_datasets
 from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
+from snows_core.reconstruct import list_reconstructions
 from snows_core.runs import RunSpec
 from snows_core.runs.executor import reusable_run
 from snows_core.runs.sweep import grid_specs, submit_all
@@ -24,7 +25,7 @@ PRESETS = {
     "Teaching demo (under a minute on a laptop CPU)": {
         "model": "resnet20",
         "masks": ["magnitude"],
-        "updates": ["snows"],
+        "reconstructions": ["snows"],
         "sparsities": "0.9",
         "ks": "3",
         "n_calib": 128,
@@ -33,7 +34,7 @@ PRESETS = {
     "Magnitude vs Wanda at K = 0 and 3 (resnet20)": {
         "model": "resnet20",
         "masks": ["magnitude", "wanda"],
-        "updates": ["snows"],
+        "reconstructions": ["snows"],
         "sparsities": "0.5, 0.7, 0.9",
         "ks": "0, 3",
         "n_calib": 256,
@@ -42,7 +43,7 @@ PRESETS = {
     "Best at high sparsity: 90% in 5 gradual stages (resnet20)": {
         "model": "resnet20",
         "masks": ["magnitude"],
-        "updates": ["snows"],
+        "reconstructions": ["snows"],
         "sparsities": "0.9",
         "ks": "3",
         "stages": 5,
@@ -52,7 +53,7 @@ PRESETS = {
     "Official SNOWS: the paper code's objective and settings, 90% (resnet20)": {
         "model": "resnet20",
         "masks": ["magnitude"],
-        "updates": ["snows"],
+        "reconstructions": ["snows"],
         "sparsities": "0.9",
         "ks": "3",
         "targets": "official",
@@ -66,7 +67,7 @@ PRESETS = {
         "model": "resnet20_cifar10",
         "dataset": "cifar10",
         "masks": ["magnitude"],
-        "updates": ["snows"],
+        "reconstructions": ["snows"],
         "sparsities": "0.9",
         "ks": "3",
         "n_calib": 256,
@@ -77,7 +78,7 @@ FORM_DEFAULTS = {
     "model": "resnet20",
     "dataset": OWN_DATASET,
     "masks": ["magnitude"],
-    "updates": ["snows"],
+    "reconstructions": ["snows"],
     "pattern_kind": "unstructured",
     "nm": "2:4",
     "allocation": DEFAULTS.allocation,
@@ -140,8 +141,8 @@ def build_specs() -> list[RunSpec]:
     s = st.session_state
     if not s["masks"]:
         raise ValueError("mask: pick at least one mask method")
-    if not s["updates"]:
-        raise ValueError("reconstruction: pick at least one update")
+    if not s["reconstructions"]:
+        raise ValueError("reconstruction: pick at least one")
     nm = s["pattern_kind"] == "N:M"
     base = RunSpec(
         model=s["model"],
@@ -152,7 +153,7 @@ def build_specs() -> list[RunSpec]:
             allocation=s["allocation"] if not nm else "uniform",
             stages=int(s["stages"]),
             mask=s["masks"][0],
-            reconstruction=s["updates"][0],
+            reconstruction=s["reconstructions"][0],
             n_calib=int(s["n_calib"]),
             batch_size=int(s["batch_size"]),
             newton_passes=int(s["newton_passes"]),
@@ -170,7 +171,7 @@ def build_specs() -> list[RunSpec]:
         checkpoint=uploaded_checkpoint(),
         data_root=s["data_root"].strip() or None,
     )
-    axes = {"mask": s["masks"], "reconstruction": s["updates"], "k": numbers(s["ks"], int, "k")}
+    axes = {"mask": s["masks"], "reconstruction": s["reconstructions"], "k": numbers(s["ks"], int, "k")}
     if not nm:
         axes["sparsity"] = numbers(s["sparsities"], float, "sparsity")
     specs = grid_specs(base, axes)
@@ -223,9 +224,9 @@ with left:
         "Mask methods", [m for m in list_mask_methods() if m != "custom"], key="masks", help="Several: a sweep"
     )
     st.multiselect(
-        "Weight update",
-        ["none", "lstsq", "snows"],
-        key="updates",
+        "Reconstruction",
+        list_reconstructions(),
+        key="reconstructions",
         help="none: the mask alone; lstsq: layer-wise least squares; snows: the K-deep Newton-CG solve",
     )
 with right:

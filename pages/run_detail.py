@@ -38,7 +38,7 @@ def header(row: pd.Series) -> None:
         f"**{row['model']}** on {row['dataset']} · {pattern} ({config['allocation']}"
         + (f", {stages} stages" if stages > 1 else "")
         + f") · mask **{row['mask']}** · "
-        f"update **{row['reconstruction']}**"
+        f"reconstruction **{row['reconstruction']}**"
         + (f" K={row['k']}" if row["reconstruction"] == "snows" else "")
         + f" · {config['n_calib']} calibration images · seed {config['seed']} · status **{row['status']}**"
     )
@@ -89,7 +89,7 @@ def body(row: pd.Series) -> None:
             left.plotly_chart(charts.cg_iterations(steps), key="cg")
             right.plotly_chart(charts.step_sizes(steps), key="steps")
         else:
-            st.caption("This update takes no Newton steps (none or lstsq).")
+            st.caption("This reconstruction takes no Newton steps (none or lstsq).")
     with per_layer:
         if layers.empty:
             st.caption("No layer finished yet.")

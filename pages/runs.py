@@ -19,7 +19,6 @@ COLUMNS += ["sparsity", "top1_dense", "top1_mask_only", "top1_final", "seconds",
 CONFIG = {
     "id": st.column_config.TextColumn("run"),
     "progress": st.column_config.ProgressColumn("layers", min_value=0.0, max_value=1.0, format="percent"),
-    "reconstruction": "update",
     "sparsity": st.column_config.NumberColumn("sparsity", format="%.2f"),
     "top1_dense": st.column_config.NumberColumn("top-1 dense", format="%.4f"),
     "top1_mask_only": st.column_config.NumberColumn("mask only", format="%.4f"),

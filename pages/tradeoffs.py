@@ -25,7 +25,7 @@ subset = done[done["model"] == model]
 dataset = b.selectbox("Dataset", sorted(subset["dataset"].unique()), key="tradeoff_dataset")
 subset = subset[subset["dataset"] == dataset]
 labels = sorted(subset["label"].unique())
-chosen = c.multiselect("Curves (mask + update)", labels, default=labels, key="tradeoff_labels")
+chosen = c.multiselect("Curves (mask + reconstruction)", labels, default=labels, key="tradeoff_labels")
 subset = subset[subset["label"].isin(chosen)]
 st.caption(f"{len(subset)} finished runs. Click a point to open its run.")
 

@@ -215,7 +215,8 @@ def _select_layers(
 
 
 def _check_layer_support(gm: fx.GraphModule, nodes: list[fx.Node], config: PruneConfig) -> None:
-    """Refuse, before any work, a layer the mask method or the update cannot handle (both read its input columns)."""
+    """Refuse, before any work, a layer the mask method or the reconstruction cannot handle (both read its
+    input columns)."""
     needs = [("mask", config.mask)] if get_mask_method(config.mask).in_loop else []
     if config.reconstruction == "lstsq" or (config.reconstruction == "snows" and config.warm_start):
         needs.append(("reconstruction", config.reconstruction))

@@ -216,7 +216,7 @@ class Solution:
 
 
 Reconstruction = Callable[[LayerProblem, "PruneConfig", EventSink], Solution]
-_RECONSTRUCTIONS: Registry[Reconstruction] = Registry("reconstruction")
+_RECONSTRUCTIONS: Registry[Reconstruction] = Registry("reconstruction", ordered=True)
 
 
 def register_reconstruction(name: str) -> Callable[[Reconstruction], Reconstruction]:

@@ -3,8 +3,8 @@
 For layer l and sparsity s, the run's mask method chooses l's mask at s on the dense network's input.
 The layer then gets the method's own weights when the method moves them (SparseGPT), else the
 closed-form least-squares fit on that mask when the run reconstructs (lstsq or snows), else the
-masked dense weights: a cheap stand-in for the run's update, so the scan measures what the update
-leaves rather than the raw damage of the mask.
+masked dense weights: a cheap stand-in for the run's reconstruction, so the scan measures what the
+reconstruction leaves rather than the raw damage of the mask.
 
 The measure is the layer's lookahead loss with the window reaching the network's output: the mean
 squared error of the logits against the dense network's on the calibration set (`build_tail`). A
@@ -73,7 +73,8 @@ def sensitivity_scan(
 
 
 def _scan_loss(dense: LayerProblem, choice: MaskChoice, config: PruneConfig) -> float:
-    """The output loss with the layer's weights after the method (and a least-squares stand-in for the update)."""
+    """The output loss with the layer's weights after the method (and a least-squares stand-in for the
+    reconstruction)."""
     if choice.weight is not None or config.reconstruction == "none":
         weight = choice.weight if choice.weight is not None else dense.dense_weight * choice.mask
     else:

@@ -65,7 +65,7 @@ def test_the_launch_form_queues_the_chosen_spec(home):
     at = open_page("launch")
     at.selectbox(key="model").set_value("mlp")
     at.multiselect(key="masks").set_value(["magnitude", "wanda"])
-    at.multiselect(key="updates").set_value(["none"])
+    at.multiselect(key="reconstructions").set_value(["none"])
     at.text_input(key="sparsities").set_value("0.3")
     at.number_input(key="n_calib").set_value(32)
     at.number_input(key="eval_size").set_value(100)
@@ -111,7 +111,8 @@ def test_the_best_recipe_preset_fills_a_gradual_run(home):
     at = open_page("launch")
     at.selectbox(key="preset").set_value("Best at high sparsity: 90% in 5 gradual stages (resnet20)").run()
     assert at.number_input(key="stages").value == 5 and at.text_input(key="sparsities").value == "0.9"
-    assert at.multiselect(key="masks").value == ["magnitude"] and at.multiselect(key="updates").value == ["snows"]
+    assert at.multiselect(key="masks").value == ["magnitude"]
+    assert at.multiselect(key="reconstructions").value == ["snows"]
     assert "sparsegpt" in at.multiselect(key="masks").options and "lamp" in at.radio(key="allocation").options
     assert not at.error and any("about" in m.value for m in at.markdown)  # forecast shown, ready to launch
 

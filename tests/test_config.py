@@ -56,7 +56,7 @@ def test_bad_values_name_the_field(kwargs, field):
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(ValueError, match="'magnitude'.*'random'.*'wanda'"):
         PruneConfig(mask="nope")
-    with pytest.raises(ValueError, match="'lstsq'.*'none'.*'snows'"):
+    with pytest.raises(ValueError, match="'none'.*'lstsq'.*'snows'"):
         PruneConfig(reconstruction="sgd")
 
 

@@ -10,13 +10,13 @@ from snows_core.dashboard.frames import (
     allocation_frame,
     comparability,
     layers_frame,
-    mask_update_matrix,
+    mask_reconstruction_matrix,
+    reconstruction_label,
     runs_frame,
     scan_frame,
     series_label,
     steps_frame,
     trajectory_frame,
-    update_label,
 )
 from snows_core.runs import RunSpec, RunStore
 from tests.store_fixtures import LAYERS, populate, staged_events
@@ -56,10 +56,10 @@ def test_steps_layers_and_trajectory_frames(store):
     assert trajectory_frame(store.events(ids["running"])).empty
 
 
-def test_mask_update_matrix_and_comparability(store):
+def test_mask_reconstruction_matrix_and_comparability(store):
     store, _ = store
     frame = runs_frame(store)
-    top1, gain = mask_update_matrix(frame)
+    top1, gain = mask_reconstruction_matrix(frame)
     assert list(top1.index) == ["magnitude", "wanda"] and list(top1.columns) == ["snows K=0", "snows K=3"]
     assert top1.loc["wanda", "snows K=3"] == 0.92 and gain.loc["magnitude", "snows K=0"] == pytest.approx(0.1)
     done = frame[frame["status"] == "done"]
@@ -101,7 +101,7 @@ def test_tradeoff_charts_carry_run_ids(store):
     assert sorted(t.name for t in by_k.data) == ["magnitude @ 0.50", "wanda @ 0.50"]
     assert list(next(t for t in by_k.data if t.name == "wanda @ 0.50").x) == [0, 3]
     assert charts.accuracy_vs_cost(done).layout.xaxis.title.text == "seconds"
-    top1, gain = mask_update_matrix(done)
+    top1, gain = mask_reconstruction_matrix(done)
     heat = charts.matrix_heatmap(top1, gain)
     assert heat.data[0].text[1][1] == "0.9200<br>+0.1200"
 
@@ -142,7 +142,7 @@ def test_labels_name_the_allocation_and_stages():
     row = {"mask": "sparsegpt", "pattern": "unstructured", "reconstruction": "snows", "k": 3}
     assert series_label({**row, "allocation": "uniform", "stages": 1}) == "sparsegpt + snows K=3"
     assert series_label({**row, "allocation": "lamp", "stages": 4}) == "sparsegpt + snows K=3, 4 stages (lamp)"
-    assert update_label("lstsq", 0, 2) == "lstsq, 2 stages" and update_label("snows", 3) == "snows K=3"
+    assert reconstruction_label("lstsq", 0, 2) == "lstsq, 2 stages" and reconstruction_label("snows", 3) == "snows K=3"
 
 
 def test_progress_counts_every_pass(home):

@@ -193,7 +193,7 @@ def _dense_line(fig: go.Figure, runs: pd.DataFrame) -> None:
 
 
 def accuracy_vs_sparsity(runs: pd.DataFrame) -> go.Figure:
-    """Top-1 against sparsity, one curve per mask method x update, with the dense model's line."""
+    """Top-1 against sparsity, one curve per mask method x reconstruction, with the dense model's line."""
     fig = _series(_figure("Top-1 against sparsity", "sparsity", "top-1"), runs, "sparsity")
     _dense_line(fig, runs)
     return fig
@@ -223,7 +223,7 @@ def compare_layer_losses(layers: pd.DataFrame) -> go.Figure:
 
 
 def matrix_heatmap(top1: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
-    """The mask x update matrix: colour = top-1, text = top-1 and gain over mask-only."""
+    """The mask x reconstruction matrix: colour = top-1, text = top-1 and gain over mask-only."""
     text = [
         [
             "" if pd.isna(t) else f"{t:.4f}<br>{g:+.4f}" if not pd.isna(g) else f"{t:.4f}"
@@ -243,8 +243,8 @@ def matrix_heatmap(top1: pd.DataFrame, gain: pd.DataFrame) -> go.Figure:
         )
     )
     fig.update_layout(
-        title="Mask x update: top-1 (and gain over mask-only)",
-        xaxis_title="update",
+        title="Mask x reconstruction: top-1 (and gain over mask-only)",
+        xaxis_title="reconstruction",
         yaxis_title="mask method",
         template=TEMPLATE,
     )

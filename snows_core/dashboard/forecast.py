@@ -1,7 +1,7 @@
 """Cost forecast for a RunSpec before it is launched: seconds and peak memory, and whether it fits.
 
 Two sources, best first:
-1. past runs on this machine: done runs of the same model, dataset, update, K, calibration size,
+1. past runs on this machine: done runs of the same model, dataset, reconstruction, K, calibration size,
    Newton passes and CG iterations; their median seconds and largest peak memory;
 2. a probe: one timed forward pass of the model on a calibration-sized batch, with the activation
    sizes of its layers, turned into seconds by counting dense-forward equivalents (DFE) per layer,

@@ -4,7 +4,7 @@
 - `steps_frame`, `layers_frame`, `trajectory_frame`: a run's Newton steps, per-layer reports (a row
   per layer and pass) and accuracy after each layer, from its events;
 - `allocation_frame`, `scan_frame`: each layer's allocated sparsity, and the sensitivity scan behind it;
-- `mask_update_matrix`: top-1 per mask method (rows) and update (columns: none, lstsq, SNOWS at each K);
+- `mask_reconstruction_matrix`: top-1 per mask method (rows) and reconstruction (columns: none, lstsq, SNOWS at each K);
 - `comparability`: why a set of runs is not a fair comparison (empty when it is).
 """
 
@@ -28,8 +28,8 @@ __all__ = [
     "allocation_frame",
     "scan_frame",
     "series_label",
-    "update_label",
-    "mask_update_matrix",
+    "reconstruction_label",
+    "mask_reconstruction_matrix",
     "comparability",
     "COMPARABLE_ON",
 ]
@@ -98,19 +98,19 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
     return row
 
 
-def update_label(reconstruction: str, k: int, stages: int = 1) -> str:
-    """How the kept weights were updated: "none", "lstsq" or "snows K=k" (", S stages" when gradual)."""
+def reconstruction_label(reconstruction: str, k: int, stages: int = 1) -> str:
+    """How the kept weights were reconstructed: "none", "lstsq" or "snows K=k" (", S stages" when gradual)."""
     label = f"snows K={k}" if reconstruction == "snows" else reconstruction
     return label + (f", {stages} stages" if stages > 1 else "")
 
 
 def series_label(row: dict[str, Any] | pd.Series) -> str:
-    """One curve of the trade-off charts: mask method x update (x pattern when N:M, allocation and stages
+    """One curve of the trade-off charts: mask method x reconstruction (x pattern when N:M, allocation and stages
     when not the defaults)."""
     pattern = "" if row["pattern"] == "unstructured" else f" {row['pattern']}"
     allocation = f" ({row['allocation']})" if row.get("allocation", "uniform") != "uniform" else ""
-    update = update_label(row["reconstruction"], int(row["k"]), int(row.get("stages", 1) or 1))
-    return f"{row['mask']}{pattern} + {update}{allocation}"
+    reconstruction = reconstruction_label(row["reconstruction"], int(row["k"]), int(row.get("stages", 1) or 1))
+    return f"{row['mask']}{pattern} + {reconstruction}{allocation}"
 
 
 def steps_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -185,24 +185,24 @@ def trajectory_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["index", "layer", "top1", "top1_mask_only"])
 
 
-def mask_update_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(top-1, gain over mask-only) with rows = mask methods and columns = updates; newest run per cell."""
+def mask_reconstruction_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(top-1, gain over mask-only) with rows = mask methods and columns = reconstructions; newest run per cell."""
     done = runs[runs["status"] == RunStatus.DONE].copy()
     if done.empty:
         empty = pd.DataFrame()
         return empty, empty
-    done["update"] = [
-        update_label(r, int(k), int(s))
+    done["reconstructed"] = [
+        reconstruction_label(r, int(k), int(s))
         for r, k, s in zip(done["reconstruction"], done["k"], done["stages"], strict=True)
     ]
-    newest = done.sort_values("created").groupby(["mask", "update"]).last()
-    columns = sorted(newest.index.get_level_values("update").unique(), key=_update_order)
-    top1 = newest["top1_final"].unstack("update").reindex(columns=columns)
-    gain = newest["gain"].unstack("update").reindex(columns=columns)
+    newest = done.sort_values("created").groupby(["mask", "reconstructed"]).last()
+    columns = sorted(newest.index.get_level_values("reconstructed").unique(), key=_reconstruction_order)
+    top1 = newest["top1_final"].unstack("reconstructed").reindex(columns=columns)
+    gain = newest["gain"].unstack("reconstructed").reindex(columns=columns)
     return top1, gain
 
 
-def _update_order(label: str) -> tuple[int, int, int]:
+def _reconstruction_order(label: str) -> tuple[int, int, int]:
     stages = int(label.split(", ")[1].split()[0]) if ", " in label else 1
     if label.startswith("snows K="):
         return 2, int(label.split("=")[1].split(",")[0]), stages

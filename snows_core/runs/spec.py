@@ -1,7 +1,7 @@
 """RunSpec: one pruning run, frozen and validated, with a JSON round-trip and a stable content hash.
 
 It is the only thing that crosses from the UI or CLI to a worker and to disk. Validation happens when
-it is built, so a bad submission is refused before anything is stored; K is 0 for updates that have
+it is built, so a bad submission is refused before anything is stored; K is 0 for reconstructions that have
 no depth (none, lstsq), so the same work has one hash whichever entry point built it.
 """
 

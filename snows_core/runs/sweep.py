@@ -1,6 +1,6 @@
 """Sweeps: a grid over spec fields, validated as a whole before anything is stored, queued under one id.
 
-K only matters to SNOWS, so a run that updates with none or lstsq is stored with k=0 (RunSpec says so)
+K only matters to SNOWS, so a run reconstructed with none or lstsq is stored with k=0 (RunSpec says so)
 and the grid keeps one of each; every run of a sweep shares the seed (hence the calibration images) and the
 evaluation subset unless those are swept on purpose.
 """
