@@ -89,7 +89,7 @@ def hvp_ratios(model: torch.nn.Module, calib: torch.Tensor, layers: list[str], k
         )
         taps_of = lambda w: problem.taps(problem.weight_of(w), batch)  # noqa: B023, E731
         for name, curvature in (("exact", exact_curvature), ("gauss-newton", gauss_newton_curvature)):
-            curv = curvature(taps_of, problem.targets, free, **kwargs)
+            curv = curvature(taps_of, problem.reference, free, **kwargs)
             v = torch.randn_like(free)
             row[f"{name}_ms"] = timed(lambda: curv.hvp(v)) * 1e3  # noqa: B023
         rows.append(row)

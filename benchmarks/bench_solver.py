@@ -53,7 +53,7 @@ def layer_costs(problem: LayerProblem, v: torch.Tensor, repeats: int) -> tuple[f
     """Seconds of one window forward and of one exact HVP on all of the problem's images."""
     batch = slice(0, problem.n)
     start = problem.start_weight
-    targets = [t[batch] for t in problem.targets]
+    targets = [t[batch] for t in problem.reference]
     curvature = exact_curvature(lambda w: problem.taps(problem.weight_of(w), batch), targets, start[problem.mask])
     return fastest(lambda: problem.taps(start, batch), repeats), fastest(lambda: curvature.hvp(v), repeats)
 

@@ -40,17 +40,17 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def input_grams(
-    module: nn.Module, x: torch.Tensor, x_target: torch.Tensor, batch_size: int
+    module: nn.Module, x: torch.Tensor, x_reference: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """G = X X^T and C = X X_t^T per group, (groups, d, d) in float64, and the output's numel.
 
-    X are the columns of `x` (the pruned path), X_t those of `x_target` (the input that produced the
-    target); with x_target is x, C = G.
+    X are the columns of `x` (the pruned path), X_t those of `x_reference` (the input that produced the
+    target); with x_reference is x, C = G.
     """
     gram, cross, numel_out = 0, 0, 0
-    for chunk, chunk_t in zip(x.split(batch_size), x_target.split(batch_size), strict=True):
+    for chunk, chunk_t in zip(x.split(batch_size), x_reference.split(batch_size), strict=True):
         cols = layer_columns(module, chunk)  # (groups, d, n*L)
-        cols_t = cols if x_target is x else layer_columns(module, chunk_t)
+        cols_t = cols if x_reference is x else layer_columns(module, chunk_t)
         gram = gram + (cols @ cols.transpose(1, 2)).double()
         cross = cross + (cols @ cols_t.transpose(1, 2)).double()
         numel_out += cols.shape[-1] * module.weight.shape[0]

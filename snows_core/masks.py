@@ -77,12 +77,12 @@ class LayerInputs:
     module: nn.Module
     weight: torch.Tensor  # the layer's dense weight (what its targets are computed with)
     x: torch.Tensor  # (N, ...) the layer's input on the pruned path
-    x_target: torch.Tensor  # (N, ...) the input that produced the targets (the dense path's, or x itself)
+    x_reference: torch.Tensor  # (N, ...) the input that produced the targets (the dense path's, or x itself)
     keep: int  # weights to keep in all (unstructured)
     nm: tuple[int, int] | None = None  # keep N of every M instead
     prior: torch.Tensor | None = None  # bool like the weight: the previous pass's mask; pruned stays pruned
     batch_size: int = 256
-    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None  # columns.input_grams(module, x, x_target)
+    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None  # columns.input_grams(module, x, x_reference)
 
 
 @dataclass

@@ -437,14 +437,14 @@ def _choose(
 ) -> tuple[MaskChoice, tuple[torch.Tensor, torch.Tensor, int]]:
     """An in-loop method's choice for this layer and pass, on the pruned path's input (and its Gram matrices)."""
     config, module = loop.config, loop.module(node)
-    x, x_target = loop.path.value(node.args[0]), loop.dense_input(node)
-    grams = input_grams(module, x, x_target, config.batch_size)
+    x, x_reference = loop.path.value(node.args[0]), loop.dense_input(node)
+    grams = input_grams(module, x, x_reference, config.batch_size)
     inputs = LayerInputs(
         node.target,
         module,
         loop.dense_weight(node),
         x,
-        x_target,
+        x_reference,
         _stage_keep(module.weight.numel(), final_keep, stage, config.stages),
         _stage_nm(config.nm, stage, config.stages) if config.nm else None,
         loop.masks.get(node.target),

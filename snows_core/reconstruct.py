@@ -1,8 +1,9 @@
 """Reconstruction of one masked layer: none, closed-form least squares, or SNOWS Newton-CG.
 
 A `LayerProblem` holds what a layer's objective needs: the pruned-path input x (all earlier layers
-already pruned and reconstructed), the window's external inputs from the same path, and the dense
-targets, i.e. the window evaluated with the layer's dense weight on those same inputs, computed once.
+already pruned and reconstructed), the window's external inputs from the same path, and the reference
+taps (the values to reconstruct; `PruneConfig.targets` chooses them), by default the window evaluated
+with the layer's dense weight on those same inputs, computed once.
 
     L(W) = sum_{t=0..K} mean((o_t(W) - o_t(W_dense))^2),   W = 0 outside the mask.
 
@@ -70,8 +71,9 @@ CURVATURE_PRODUCTS = {"exact": exact_curvature, "gauss-newton": gauss_newton_cur
 class LayerProblem:
     """One layer's reconstruction objective on the calibration set.
 
-    `targets` are the dense taps, (N, ...) each, and `x_target` the layer input that produced them.
-    Without them the targets are the window evaluated with the dense weight on the pruned-path
+    `reference` holds the reference taps (the values to reconstruct: the option `config.targets` chooses
+    them), (N, ...) each, and `x_reference` the layer input that produced them. Without them the reference
+    taps are the window evaluated with the dense weight on the pruned-path
     inputs (config targets="pruned-input"), computed once here. `start_weight` is where
     reconstruction starts (None: dense_weight * mask).
     """
@@ -84,8 +86,8 @@ class LayerProblem:
     mask: torch.Tensor  # bool, like the weight; True = kept
     dense_weight: torch.Tensor
     batch_size: int
-    targets: list[torch.Tensor] = field(default_factory=list)
-    x_target: torch.Tensor | None = None
+    reference: list[torch.Tensor] = field(default_factory=list)
+    x_reference: torch.Tensor | None = None
     start_weight: torch.Tensor | None = None
     _mask_loss: float | None = None
     _start_loss: float | None = None
@@ -93,15 +95,15 @@ class LayerProblem:
 
     def __post_init__(self) -> None:
         self.free_index = self.mask.flatten().nonzero().squeeze(1)  # (n_free,) positions of kept weights
-        if self.x_target is None:
-            self.x_target = self.x
+        if self.x_reference is None:
+            self.x_reference = self.x
         masked = self.dense_weight * self.mask
         start = masked if self.start_weight is None else self.start_weight * self.mask
         self.moved = not torch.equal(start, masked)  # the start is not the plain masked dense weight
         self.start_weight = start
-        if not self.targets:
+        if not self.reference:
             with torch.no_grad():
-                self.targets = _cat_taps([self.taps(self.dense_weight, b) for b in self.batches()])
+                self.reference = _cat_taps([self.taps(self.dense_weight, b) for b in self.batches()])
 
     @property
     def n(self) -> int:
@@ -128,7 +130,7 @@ class LayerProblem:
 
     def batch_loss(self, weight: torch.Tensor, batch: slice) -> float:
         with torch.no_grad():
-            return tap_loss(self.taps(weight, batch), [t[batch] for t in self.targets]).item()
+            return tap_loss(self.taps(weight, batch), [t[batch] for t in self.reference]).item()
 
     @property
     def mask_loss(self) -> float:
@@ -141,11 +143,11 @@ class LayerProblem:
     def grams(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The layer's input Gram and cross-Gram matrices (see `input_grams`), computed once."""
         if self._grams is None:
-            self._grams = input_grams(self.module, self.x, self.x_target, self.batch_size)
+            self._grams = input_grams(self.module, self.x, self.x_reference, self.batch_size)
         return self._grams
 
     def with_mask(self, mask: torch.Tensor, start_weight: torch.Tensor | None = None) -> LayerProblem:
-        """The same layer, inputs and targets under another mask (and starting point)."""
+        """The same layer, inputs and reference taps under another mask (and starting point)."""
         return replace(self, mask=mask, start_weight=start_weight, _mask_loss=None, _start_loss=None)
 
     @property
@@ -174,19 +176,19 @@ def layer_problem(
     window: Window | None = None,
     tap_path: PrunedPath | None = None,
 ) -> tuple[LayerProblem, Window]:
-    """Layer `node`'s objective over its K-window: inputs from `path` (the network being pruned), targets
-    from `dense_path` (the dense network's own values at the taps) or, without it, the dense window on
+    """Layer `node`'s objective over its K-window: inputs from `path` (the network being pruned), reference
+    taps from `dense_path` (the dense network's own values at the taps) or, without it, the dense window on
     the same inputs. `dense_weight` defaults to the layer's current weight, `start_weight` to that
     weight times the mask; `window` replaces the K-window (e.g. `build_tail`: the rest of the network);
-    `tap_path`, when given, supplies the tap targets instead of `dense_path` (which still supplies the
+    `tap_path`, when given, supplies the reference taps instead of `dense_path` (which still supplies the
     layer's dense input for the least-squares fit)."""
     window = window or build_window(gm, node, k)
     module = gm.get_submodule(node.target)
-    targets, x_target = [], None
+    reference, x_reference = [], None
     if dense_path is not None:
-        x_target = dense_path.value(dense_path.node(node.args[0].name))
+        x_reference = dense_path.value(dense_path.node(node.args[0].name))
         tap_path = tap_path or dense_path
-        targets = [tap_path.value(tap_path.node(n.name)) for n in window.taps]
+        reference = [tap_path.value(tap_path.node(n.name)) for n in window.taps]
     problem = LayerProblem(
         node.target,
         module,
@@ -196,8 +198,8 @@ def layer_problem(
         mask,
         module.weight.detach().clone() if dense_weight is None else dense_weight,
         batch_size,
-        targets,
-        x_target,
+        reference,
+        x_reference,
         start_weight,
         _grams=grams,
     )
@@ -247,7 +249,7 @@ def least_squares(problem: LayerProblem, cfg: PruneConfig, emit: EventSink) -> S
     weight = lstsq_weight(
         problem.module,
         problem.x,
-        problem.x_target,
+        problem.x_reference,
         problem.dense_weight,
         problem.mask,
         cfg.damping,
@@ -322,15 +324,15 @@ def _newton_step(
     itself, or a sub-sample of its images: Martens 2010), CG for the direction, Armijo for the step."""
     curv = curvature(
         lambda w: problem.taps(problem.weight_of(w), curvature_batch),
-        [t[curvature_batch] for t in problem.targets],
+        [t[curvature_batch] for t in problem.reference],
         free,
         layer_of=lambda w: problem.layer_output(problem.weight_of(w), curvature_batch),
         window_of=lambda z: problem.window_taps(z, curvature_batch),
     )
     loss, grad = curv.loss, curv.grad
     if curvature_batch is not batch:
-        targets = [t[batch] for t in problem.targets]
-        loss, grad = loss_and_gradient(lambda w: problem.taps(problem.weight_of(w), batch), targets, free)
+        wanted = [t[batch] for t in problem.reference]
+        loss, grad = loss_and_gradient(lambda w: problem.taps(problem.weight_of(w), batch), wanted, free)
     cg = conjugate_gradient(
         curv.hvp,
         -grad,
@@ -361,7 +363,7 @@ def _curvature_batch(batch: slice, fraction: float, generator: torch.Generator) 
 def lstsq_weight(
     module: nn.Module,
     x: torch.Tensor,
-    x_target: torch.Tensor,
+    x_reference: torch.Tensor,
     dense_weight: torch.Tensor,
     mask: torch.Tensor,
     damping: float,
@@ -373,10 +375,10 @@ def lstsq_weight(
     Minimises ||X w_S - X_t w_dense||^2 + lambda ||w_S||^2 for every output row, X the input columns
     on the pruned path and X_t those that produced the target (the same X, or the dense path's):
     (G_SS + lambda I) w_S = (C w_dense)_S with G = X^T X, C = X^T X_t (im2col columns for a conv,
-    per group) and lambda = damping * numel(output) / 2. `grams` are `input_grams(module, x, x_target)`
+    per group) and lambda = damping * numel(output) / 2. `grams` are `input_grams(module, x, x_reference)`
     when already computed.
     """
-    gram, cross, numel_out = grams or input_grams(module, x, x_target, batch_size)  # (groups, d, d) each
+    gram, cross, numel_out = grams or input_grams(module, x, x_reference, batch_size)  # (groups, d, d) each
     groups = gram.shape[0]
     rows = dense_weight.reshape(dense_weight.shape[0], -1).to(gram.dtype)  # (out, d)
     keep = mask.reshape(rows.shape).to(gram.dtype)  # (out, d)

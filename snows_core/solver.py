@@ -3,7 +3,7 @@
 Everything here works on tensors and callables, never on modules (SNOWS, Lucas & Mazumder 2025,
 Alg. 1). The objective for one mini-batch is
 
-    L(w) = sum_t mean((f_t(w) - y_t)^2),   f_t = tap t of the window, y_t its dense target,
+    L(w) = sum_t mean((f_t(w) - y_t)^2),   f_t = tap t of the window, y_t its reference value,
 
 with w the flat vector of free (unmasked) weights. A Newton step solves (H + damping I) d = -g by CG
 from d = 0 and then backtracks along d (alpha0 = 1, shrink 0.9, c = 1e-5, at most 50 tries; no step
@@ -59,9 +59,9 @@ class Curvature:
     hvp: Callable[[torch.Tensor], torch.Tensor]
 
 
-def tap_loss(taps: Taps, targets: Taps) -> torch.Tensor:
+def tap_loss(taps: Taps, reference: Taps) -> torch.Tensor:
     """Sum over taps of each tap's mean squared error (each normalised by its own element count)."""
-    return sum(F.mse_loss(t, y) for t, y in zip(taps, targets, strict=True))
+    return sum(F.mse_loss(t, y) for t, y in zip(taps, reference, strict=True))
 
 
 def conjugate_gradient(
@@ -124,23 +124,23 @@ def armijo_backtracking(
 
 
 def loss_and_gradient(
-    taps_of: Callable[[torch.Tensor], Taps], targets: Taps, free: torch.Tensor
+    taps_of: Callable[[torch.Tensor], Taps], reference: Taps, free: torch.Tensor
 ) -> tuple[float, torch.Tensor]:
     """The loss and its gradient on the free weights, first order only (no graph kept)."""
     free = free.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = tap_loss(taps_of(free), targets)
+        loss = tap_loss(taps_of(free), reference)
         (grad,) = torch.autograd.grad(loss, free)
     return loss.item(), grad
 
 
 def exact_curvature(
-    taps_of: Callable[[torch.Tensor], Taps], targets: Taps, free: torch.Tensor, **_: object
+    taps_of: Callable[[torch.Tensor], Taps], reference: Taps, free: torch.Tensor, **_: object
 ) -> Curvature:
     """Exact Hessian products by double backprop; the gradient graph is built once and reused."""
     free = free.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = tap_loss(taps_of(free), targets)
+        loss = tap_loss(taps_of(free), reference)
         (grad,) = torch.autograd.grad(loss, free, create_graph=True)
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,7 @@ def exact_curvature(
 
 def gauss_newton_curvature(
     taps_of: Callable[[torch.Tensor], Taps],
-    targets: Taps,
+    reference: Taps,
     free: torch.Tensor,
     *,
     layer_of: Callable[[torch.Tensor], torch.Tensor],
@@ -162,7 +162,7 @@ def gauss_newton_curvature(
 
     Args:
         taps_of: free weights -> taps (unused here, kept for the common signature).
-        targets: dense targets, one per tap.
+        reference: the reference taps (the values to reconstruct), one per tap.
         free: the point (n_free,).
         layer_of: free weights -> the layer's output z (linear in the weights, plus a constant bias).
         window_of: z -> taps.
@@ -175,9 +175,9 @@ def gauss_newton_curvature(
         _, window_jvp = torch.func.linearize(window_of, z0)
     taps, window_vjp = torch.func.vjp(window_of, z0)
     scales = [2.0 / t.numel() for t in taps]
-    residual = tuple(s * (t - y) for s, t, y in zip(scales, taps, targets, strict=True))
+    residual = tuple(s * (t - y) for s, t, y in zip(scales, taps, reference, strict=True))
     grad = layer_vjp(window_vjp(residual)[0])[0]
-    loss = sum(F.mse_loss(t, y).item() for t, y in zip(taps, targets, strict=True))
+    loss = sum(F.mse_loss(t, y).item() for t, y in zip(taps, reference, strict=True))
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
         jv = window_jvp(layer_of(v) - z_bias)

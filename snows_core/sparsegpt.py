@@ -134,13 +134,13 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
     (keep-mask, weights), both shaped like the layer's weight."""
     module, weight = inputs.module, inputs.weight
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
-    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_target, inputs.batch_size)
+    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_reference, inputs.batch_size)
     gram, cross, _ = grams  # (groups, d, d) each
     rows = weight.reshape(groups, weight.shape[0] // groups, -1).double()  # (groups, out/g, d)
     prior = None if inputs.prior is None else inputs.prior.reshape(rows.shape)
     order = _column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
     prune = weight.numel() - inputs.keep if inputs.nm is None else None
-    same_inputs = inputs.x_target is inputs.x or torch.equal(inputs.x_target, inputs.x)
+    same_inputs = inputs.x_reference is inputs.x or torch.equal(inputs.x_reference, inputs.x)
     masks, weights = [], []
     for g in range(groups):
         start = rows[g] if same_inputs else _least_squares_start(rows[g], gram[g], cross[g])

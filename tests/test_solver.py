@@ -80,8 +80,8 @@ def curvatures(problem: LayerProblem, free: torch.Tensor):
     )
     taps_of = lambda w: problem.taps(problem.weight_of(w), batch)  # noqa: E731
     return taps_of, {
-        "exact": exact_curvature(taps_of, problem.targets, free, **kwargs),
-        "gauss-newton": gauss_newton_curvature(taps_of, problem.targets, free, **kwargs),
+        "exact": exact_curvature(taps_of, problem.reference, free, **kwargs),
+        "gauss-newton": gauss_newton_curvature(taps_of, problem.reference, free, **kwargs),
     }
 
 
@@ -91,7 +91,7 @@ def test_hvp_matches_explicit_hessian(tiny_resnet, layer, k, crosses):
     ops = {str(n.target) for n in window.module.graph.nodes} | {n.name for n in window.module.graph.nodes}
     assert all(any(c in o for o in ops) for c in crosses)
     taps_of, curv = curvatures(problem, free)
-    loss_of = lambda w: tap_loss(taps_of(w), problem.targets)  # noqa: E731
+    loss_of = lambda w: tap_loss(taps_of(w), problem.reference)  # noqa: E731
     hessian = torch.autograd.functional.hessian(loss_of, free)  # (n_free, n_free), built entry by entry
     gradient = torch.func.grad(loss_of)(free)
     v = torch.randn(free.shape, dtype=free.dtype, generator=torch.Generator().manual_seed(5))
@@ -118,7 +118,7 @@ def test_gauss_newton_is_the_psd_part_for_smooth_windows():
     jac = torch.autograd.functional.jacobian(lambda w: taps_of(w)[-1], free).reshape(-1, free.numel())
     jac0 = torch.autograd.functional.jacobian(lambda w: taps_of(w)[0], free).reshape(-1, free.numel())
     jac1 = torch.autograd.functional.jacobian(lambda w: taps_of(w)[1], free).reshape(-1, free.numel())
-    n = [t.numel() for t in problem.targets]
+    n = [t.numel() for t in problem.reference]
     expected = 2 * (jac0.T @ jac0 / n[0] + jac1.T @ jac1 / n[1] + jac.T @ jac / n[2])
     torch.testing.assert_close(gn, expected, rtol=1e-7, atol=1e-10)
     assert torch.linalg.eigvalsh(gn).min() > -1e-10
@@ -143,7 +143,7 @@ def test_hvp_exact_beyond_1e5_free_weights():
     free = problem.dense_weight[mask]
     assert free.numel() == 131_072
     taps_of, curv = curvatures(problem, free)
-    loss_of = lambda w: tap_loss(taps_of(w), problem.targets)  # noqa: E731
+    loss_of = lambda w: tap_loss(taps_of(w), problem.reference)  # noqa: E731
     v = torch.randn(free.shape, dtype=free.dtype)
     grad_of, step = torch.func.grad(loss_of), 1e-6
     expected = (grad_of(free + step * v) - grad_of(free - step * v)) / (2 * step)

@@ -104,9 +104,9 @@ def test_weights_pruned_before_stay_pruned():
     assert torch.all(solved[~kept] == 0)
 
 
-def inputs_for(module: nn.Module, x: torch.Tensor, keep: int = 0, nm=None, x_target=None) -> LayerInputs:
+def inputs_for(module: nn.Module, x: torch.Tensor, keep: int = 0, nm=None, x_reference=None) -> LayerInputs:
     weight = module.weight.detach()
-    return LayerInputs("layer", module, weight, x, x if x_target is None else x_target, keep, nm)
+    return LayerInputs("layer", module, weight, x, x if x_reference is None else x_reference, keep, nm)
 
 
 def test_a_conv_is_pruned_on_its_im2col_columns():
@@ -141,10 +141,10 @@ def test_a_different_dense_input_moves_the_start_to_the_dense_target_fit():
     """min ||W X - W_d X_t||^2 (+ ridge): with nothing pruned, SparseGPT returns W* itself, which fits the target."""
     torch.manual_seed(0)
     linear = nn.Linear(6, 3, bias=False).double()
-    x_target = torch.randn(200, 6, dtype=torch.float64)
-    x = x_target + 0.3 * torch.randn(200, 6, dtype=torch.float64)  # the pruned path drifted
-    _, moved = sparsegpt_layer(inputs_for(linear, x, keep=18, x_target=x_target))
-    target = x_target @ linear.weight.detach().T
+    x_reference = torch.randn(200, 6, dtype=torch.float64)
+    x = x_reference + 0.3 * torch.randn(200, 6, dtype=torch.float64)  # the pruned path drifted
+    _, moved = sparsegpt_layer(inputs_for(linear, x, keep=18, x_reference=x_reference))
+    target = x_reference @ linear.weight.detach().T
     assert (x @ moved.T - target).norm() < (x @ linear.weight.detach().T - target).norm()
     _, same = sparsegpt_layer(inputs_for(linear, x, keep=18))
     torch.testing.assert_close(same, linear.weight.detach())
