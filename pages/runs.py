@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import tempfile
-import zipfile
-from pathlib import Path
-
 import streamlit as st
 
 from pages.common import ACTIVE, REFRESH_SECONDS, any_active, empty_state, open_run, runs, store
 from snows_core.runs import RunSpec, RunStatus
-from snows_core.runs.bundle import export_bundle, import_bundle
+from snows_core.runs.bundle import export_zip, import_zip
 from snows_core.runs.executor import submit
 
 COLUMNS = ["id", "status", "progress", "model", "mask", "reconstruction", "k", "pattern", "allocation", "stages"]
-COLUMNS += ["sparsity", "top1_dense", "top1_mask_only", "top1_final", "seconds", "sweep_id"]
+COLUMNS += ["sparsity", "top1_dense", "top1_mask_only", "top1_final", "seconds", "sweep_id", "imported_from"]
 CONFIG = {
     "id": st.column_config.TextColumn("run"),
     "progress": st.column_config.ProgressColumn("layers", min_value=0.0, max_value=1.0, format="percent"),
@@ -25,28 +20,8 @@ CONFIG = {
     "top1_final": st.column_config.NumberColumn("final", format="%.4f"),
     "seconds": st.column_config.NumberColumn("seconds", format="%.1f"),
     "sweep_id": "sweep",
+    "imported_from": st.column_config.TextColumn("imported from", help="Empty: computed here"),
 }
-
-
-def bundle_zip(run_id: str) -> bytes:
-    """The run's export bundle as a zip archive."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = export_bundle(store(), run_id, Path(tmp) / run_id)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(folder.iterdir()):
-                archive.write(path, f"{run_id}/{path.name}")
-    return buffer.getvalue()
-
-
-def import_zip(data: bytes) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            archive.extractall(tmp)
-        manifests = list(Path(tmp).rglob("bundle.json"))
-        if len(manifests) != 1:
-            raise ValueError("the archive must hold exactly one run bundle (one bundle.json)")
-        return import_bundle(store(), manifests[0].parent)
 
 
 def actions(selected: list[str], frame) -> None:
@@ -76,7 +51,7 @@ def actions(selected: list[str], frame) -> None:
     if len(selected) == 1 and selected[0] in set(finished["id"]):
         cols[4].download_button(
             "Export",
-            data=bundle_zip(selected[0]),
+            data=lambda: export_zip(store(), selected[0]),  # built when clicked, not on every rerun
             file_name=f"{selected[0]}.zip",
             mime="application/zip",
             icon=":material/download:",
@@ -124,6 +99,6 @@ st.divider()
 upload = st.file_uploader("Import a run bundle (.zip from Export)", type=["zip"], key="bundle_upload")
 if upload is not None and st.button("Import", icon=":material/upload:"):
     try:
-        st.success(f"Imported {import_zip(upload.getvalue())}")
-    except (ValueError, FileNotFoundError, KeyError, zipfile.BadZipFile) as err:
+        st.success(f"Imported {import_zip(store(), upload.getvalue())}")
+    except (ValueError, FileNotFoundError) as err:
         st.error(f"Import failed: {err}")

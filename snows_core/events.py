@@ -23,6 +23,7 @@ __all__ = [
     "LayerScanned",
     "Evaluation",
     "EventSink",
+    "EVENT_TYPES",
 ]
 
 
@@ -126,3 +127,5 @@ class Evaluation(Event):
 
 
 EventSink = Callable[[Event], None]
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.kind: cls for cls in Event.__subclasses__()}  # kind -> its dataclass

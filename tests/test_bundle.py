@@ -1,8 +1,13 @@
 """Export and import of run bundles, the pruning trajectory, and what a result records for fair comparison."""
 
 import csv
+import io
 import json
+import multiprocessing
+import re
 import sqlite3
+import stat
+import zipfile
 
 import pytest
 from safetensors.torch import load_file
@@ -12,7 +17,7 @@ from snows_core.data import load_dataset
 from snows_core.metrics import evaluate
 from snows_core.models import create_model
 from snows_core.runs import RunSpec, RunStatus, RunStore
-from snows_core.runs.bundle import export_bundle, import_bundle
+from snows_core.runs.bundle import export_bundle, export_zip, import_bundle, import_zip
 from snows_core.runs.pipeline import execute
 
 SPEC = RunSpec(model="mlp", config=PruneConfig(sparsity=0.7, k=1, n_calib=64), eval_size=300, trajectory=True)
@@ -163,3 +168,118 @@ def test_a_bundle_from_before_the_scheduler_column_imports_as_a_dask_run(finishe
     other = RunStore(tmp_path / "other-home")
     imported = other.get(import_bundle(other, out))
     assert (imported["executor"], imported["scheduler"]) == ("dask", "tcp://10.0.0.5:8786")
+
+
+def tamper(out, edit) -> None:
+    manifest = json.loads((out / "bundle.json").read_text())
+    (out / "bundle.json").write_text(json.dumps(edit(manifest)))
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: {**m, "result": "poison"}, "result must be an object"),
+        (lambda m: {**m, "run": {**m["run"], "created": "yesterday"}}, "'created' has the wrong type"),
+        (lambda m: {**m, "run": {**m["run"], "finished": [1]}}, "'finished' has the wrong type"),
+        (lambda m: {**m, "result": {**m["result"], "top1_final": "0.9"}}, "'top1_final' has the wrong type"),
+        (lambda m: {**m, "run": {**m["run"], "status": "running"}}, "only finished runs"),
+        (lambda m: {**m, "run": [m["run"]]}, "run must be an object"),
+        (lambda m: [m], "bundle.json must be an object"),
+        (lambda m: {**m, "spec": "mlp"}, "spec must be an object"),
+    ],
+)
+def test_an_ill_typed_bundle_is_refused_and_stores_nothing(finished, tmp_path, edit, message):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    tamper(out, edit)
+    other = RunStore(tmp_path / "other")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        import_bundle(other, out)
+    assert other.list() == [] and not (other.home / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("[1, 2]", "line 1 must be an object with a kind"),
+        ('{"kind": "newton_step", "time": 1.0, "loss": "low"}', "'loss' has the wrong type"),
+        ('{"kind": "layer_done", "time": "noon"}', "time must be a number"),
+        ("{not json", "line 1 is not JSON"),
+    ],
+)
+def test_an_events_line_that_is_not_an_event_is_refused(finished, tmp_path, line, message):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    (out / "events.jsonl").write_text(line + "\n")
+    other = RunStore(tmp_path / "other")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        import_bundle(other, out)
+    assert other.list() == []
+
+
+def test_an_imported_run_is_never_a_cache_hit_for_a_local_submit(finished, tmp_path):
+    store, run = finished
+    other = RunStore(tmp_path / "other")
+    import_bundle(other, export_bundle(store, run, tmp_path / "bundle"))
+    assert store.find_done(SPEC.content_hash(), "test") == run
+    assert other.get(run)["status"] == "done" and other.find_done(SPEC.content_hash(), "test") is None
+
+
+def _import_racing(home: str, folder: str, barrier, outcomes) -> None:
+    barrier.wait()
+    try:
+        outcomes.put(import_bundle(RunStore(home), folder))
+    except ValueError as err:
+        outcomes.put(f"refused: {err}")
+
+
+def test_two_concurrent_imports_of_one_bundle_give_one_run_and_one_refusal(finished, tmp_path):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    ctx = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        home = tmp_path / f"home-{trial}"
+        RunStore(home)
+        barrier, outcomes = ctx.Barrier(2), ctx.Queue()
+        racers = [ctx.Process(target=_import_racing, args=(str(home), str(out), barrier, outcomes)) for _ in "ab"]
+        for racer in racers:
+            racer.start()
+        results = sorted(outcomes.get(timeout=120) for _ in racers)
+        for racer in racers:
+            racer.join(timeout=60)
+        assert results[0] == run and results[1].startswith("refused") and "already" in results[1]
+        assert [r["id"] for r in RunStore(home).list()] == [run]
+        assert sorted(p.name for p in (home / "runs").iterdir()) == [run]  # no staging folder left
+        assert (home / "runs" / run / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_a_zip_round_trips_and_hostile_archives_are_refused_before_extraction(finished, tmp_path):
+    store, run = finished
+    data = export_zip(store, run)
+    other = RunStore(tmp_path / "other")
+    assert import_zip(other, data) == run and other.result(run) == store.result(run)
+
+    def archive(entries: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+            for info, payload in entries:
+                out.writestr(info, payload)
+        return buffer.getvalue()
+
+    manifest = zipfile.ZipFile(io.BytesIO(data)).read(f"{run}/bundle.json")
+    link = zipfile.ZipInfo(f"{run}/model.safetensors")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    hostile = {
+        "symbolic link": [(f"{run}/bundle.json", manifest), (link, b"/etc/passwd")],
+        "not a bundle file name": [(f"{run}/bundle.json", manifest), ("/abs/model.safetensors", b"x")],
+        "at most 16": [(f"{run}/bundle.json", manifest)] + [(f"{run}/f{i}", b"x") for i in range(20)],
+        "exactly one run bundle": [(f"{run}/x.json", b"{}")],
+        "refused": [(f"{run}/bundle.json", manifest), (f"{run}/model.safetensors", bytes(100 << 20))],
+    }
+    fresh = RunStore(tmp_path / "fresh")
+    for message, entries in hostile.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            import_zip(fresh, archive(entries))
+    with pytest.raises(ValueError, match="not a zip archive"):
+        import_zip(fresh, b"PK\x03\x04 truncated")
+    assert fresh.list() == [] and not (fresh.home / "runs").exists()

@@ -108,16 +108,47 @@ def test_delete_forgets_the_run_its_events_result_and_artifacts(tmp_path):
     assert store.events(run) == [] and store.result(run) is None and not store.run_dir(run).exists()
 
 
-def test_dead_workers_are_marked_failed(tmp_path):
+def test_a_local_run_dies_with_its_process_and_any_other_by_silence(tmp_path):
     store = RunStore(tmp_path)
-    alive, dead = store.create(spec(), "v1"), store.create(spec(), "v1")
+    alive, dead, unstarted = store.create(spec(), "v1"), store.create(spec(k=1), "v1"), store.create(spec(k=2), "v1")
     store.claim_next(pid=1)
     store.claim_next(pid=2)
-    assert store.mark_dead(lambda pid: pid == 1, stale_after=60) == [dead]
+    store.claim_next(pid=0)  # claimed, its worker not started yet: only silence can tell
+    assert store.mark_dead(lambda pid, since: pid == 1, stale_after=60) == [dead]
     assert store.get(dead)["status"] == "failed" and store.get(dead)["error"] == "worker died"
-    assert store.get(alive)["status"] == "running"
     time.sleep(0.05)
-    assert store.mark_dead(lambda pid: True, stale_after=0.01) == [alive]
+    # silent for longer than stale_after: the local run with a live process stays, the unstarted one fails
+    assert store.mark_dead(lambda pid, since: True, stale_after=0.01) == [unstarted]
+    assert store.get(alive)["status"] == "running"
+
+
+def test_a_late_result_for_a_run_already_failed_is_refused(tmp_path):
+    from snows_core.runs.process import finish_or_log
+
+    store = RunStore(tmp_path)
+    run = store.create(spec(), "v1")
+    store.claim_next(pid=1)
+    assert store.mark_dead(lambda pid, since: False, stale_after=60) == [run]
+    store.run_dir(run).mkdir(parents=True)
+    (store.run_dir(run) / "model.safetensors").write_bytes(b"weights written by the stalled worker")
+    assert store.finish(run, RunStatus.DONE, {"top1_final": 0.9}) is False
+    finish_or_log(store, run, RunStatus.DONE, {"top1_final": 0.9})
+    assert store.get(run)["status"] == "failed" and store.result(run) is None
+    assert not store.run_dir(run).exists()
+
+
+def test_a_pid_counts_as_our_worker_only_if_its_process_is_older_than_the_last_heartbeat():
+    import os
+    import subprocess
+    import sys
+
+    from snows_core.runs.process import pid_alive
+
+    assert pid_alive(os.getpid()) and pid_alive(os.getpid(), since=time.time())
+    assert not pid_alive(os.getpid(), since=time.time() - 10 * 24 * 3600)  # this process is younger: a reuse
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not pid_alive(child.pid)
 
 
 def _submit_many(home: str, n: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.local import ensure_dispatcher
-from tests.cli_helpers import QUICK, SLOW, cli, solving, submit, wait_for
+from tests.cli_helpers import QUICK, SLOW, cli, solving, status, submit, wait_for
 
 pytestmark = pytest.mark.slow  # real dispatcher and worker processes
 
@@ -54,6 +54,24 @@ def test_a_killed_worker_fails_its_run_and_the_queue_goes_on(home):
     assert failed["status"] == "failed" and "worker died" in failed["error"]
     after = submit(*QUICK)
     assert wait_for(after, lambda s: s["status"] in ("done", "failed"))["status"] == "done"
+
+
+def test_a_stopped_worker_outlives_its_silence_and_resumes(home, monkeypatch):
+    from snows_core.runs import process
+
+    run = submit(*SLOW)
+    pid = solving(run)["worker_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # silent for longer than the (shortened) stale time: a stalled, not a dead, worker
+        monkeypatch.setattr(process, "STALE_SECONDS", 0.5)
+        assert process.reap(RunStore(home)) == [] and status(run)["status"] == "running"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    steps = len([e for e in RunStore(home).events(run) if e["kind"] == "newton_step"])
+    wait_for(run, lambda s: len([e for e in RunStore(home).events(run) if e["kind"] == "newton_step"]) > steps)
+    cli("cancel", run)
+    assert wait_for(run, lambda s: s["status"] != "running", timeout=60)["status"] == "cancelled"
 
 
 def test_cancel_stops_a_running_run_within_seconds(home):

@@ -33,7 +33,8 @@ from snows_core.runs.process import (
     CANCEL_GRACE_SECONDS,
     HEARTBEAT_SECONDS,
     cancel_on_step,
-    exclusive,
+    finish_or_log,
+    serve_exclusively,
     serve_until_idle,
     start_detached,
 )
@@ -68,11 +69,15 @@ def bridge(home: Path, address: str) -> None:
     """Serve the runs queued for `address` until none is left (one bridge per home and scheduler)."""
     distributed = _distributed()
     store = RunStore(home)
-    with exclusive(_lock_path(home, address)) as held:
-        if not held:
-            return
+
+    def serve() -> None:
         with distributed.Client(address, timeout=CONNECT_TIMEOUT) as client:
             _Bridge(store, address, client).serve()
+
+    def queued() -> bool:
+        return bool(store.list(RunStatus.QUEUED.value, executor="dask", scheduler=address))
+
+    serve_exclusively(_lock_path(home, address), serve, queued)
 
 
 class _Bridge:
@@ -135,21 +140,23 @@ class _Bridge:
 
     def _finish(self, run_id: str, future: Any) -> None:
         if future.cancelled():
-            self.store.finish(run_id, RunStatus.CANCELLED, error="cancelled on the cluster after the cancel request")
+            finish_or_log(
+                self.store, run_id, RunStatus.CANCELLED, error="cancelled on the cluster after the cancel request"
+            )
         elif future.status == "error":
             error = future.exception()
             if type(error).__name__ == "RunCancelled":
-                self.store.finish(run_id, RunStatus.CANCELLED, error="cancelled by request")
+                finish_or_log(self.store, run_id, RunStatus.CANCELLED, error="cancelled by request")
             else:
                 text = "".join(traceback.format_exception(type(error), error, future.traceback()))
-                self.store.finish(run_id, RunStatus.FAILED, error=text)
+                finish_or_log(self.store, run_id, RunStatus.FAILED, error=text)
         else:
             outcome = future.result()
             out_dir = self.store.run_dir(run_id)
             out_dir.mkdir(parents=True, exist_ok=True)
             for name, data in outcome["files"].items():
                 (out_dir / name).write_bytes(data)
-            self.store.finish(run_id, RunStatus.DONE, outcome["result"])
+            finish_or_log(self.store, run_id, RunStatus.DONE, outcome["result"])
         _distributed().Event(_cancel_name(run_id), client=self.client).clear()
 
 

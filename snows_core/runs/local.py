@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,8 +29,9 @@ from snows_core.runs.process import (
     HEARTBEAT_SECONDS,
     RunCancelled,
     cancel_on_step,
-    exclusive,
+    finish_or_log,
     reap,
+    serve_exclusively,
     serve_until_idle,
     start_detached,
 )
@@ -47,25 +49,30 @@ def ensure_dispatcher(home: Path) -> None:
 def dispatch(home: Path) -> None:
     """Serve the queue until it has been empty and idle for a few seconds (one dispatcher per home)."""
     store = RunStore(home)
-    with exclusive(home / "dispatcher.lock") as held:
-        if not held:
-            return
-        ctx = multiprocessing.get_context("spawn")
-        workers: dict[str, multiprocessing.Process] = {}
 
-        def tick() -> bool:
-            _collect(store, workers)
-            while len(workers) < _slots():
-                run = store.claim_next(pid=0, executor="local")
-                if run is None:
-                    break
-                process = ctx.Process(target=worker_main, args=(str(home), run["id"]), daemon=False)
-                process.start()
-                store.set_worker(run["id"], process.pid)
-                workers[run["id"]] = process
-            return bool(workers or store.list(RunStatus.QUEUED.value, executor="local"))
+    def queued() -> bool:
+        return bool(store.list(RunStatus.QUEUED.value, executor="local"))
 
-        serve_until_idle(tick)
+    serve_exclusively(home / "dispatcher.lock", lambda: _serve(store, home, queued), queued)
+
+
+def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    workers: dict[str, multiprocessing.Process] = {}
+
+    def tick() -> bool:
+        _collect(store, workers)
+        while len(workers) < _slots():
+            run = store.claim_next(pid=0, executor="local")
+            if run is None:
+                break
+            process = ctx.Process(target=worker_main, args=(str(home), run["id"]), daemon=False)
+            process.start()
+            store.set_worker(run["id"], process.pid)
+            workers[run["id"]] = process
+        return bool(workers) or queued()
+
+    serve_until_idle(tick)
 
 
 def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> None:
@@ -107,11 +114,11 @@ def worker_main(home: str, run_id: str) -> None:
 
     try:
         result = execute(spec, store.run_dir(run_id), on_event)
-        store.finish(run_id, RunStatus.DONE, result)
+        finish_or_log(store, run_id, RunStatus.DONE, result)
     except RunCancelled:
-        store.finish(run_id, RunStatus.CANCELLED, error="cancelled by request")
+        finish_or_log(store, run_id, RunStatus.CANCELLED, error="cancelled by request")
     except BaseException:
-        store.finish(run_id, RunStatus.FAILED, error=traceback.format_exc())
+        finish_or_log(store, run_id, RunStatus.FAILED, error=traceback.format_exc())
     finally:
         stop.set()
 

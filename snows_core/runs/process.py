@@ -3,17 +3,22 @@
 - `exclusive`: a non-blocking exclusive file lock, held for a block: one dispatcher per home, one
   Dask bridge per scheduler.
 - `start_detached`: start ``python -m module`` in its own session unless a live one holds the lock.
-- `serve_until_idle`: the server loop both backends run: tick until nothing has been busy for
-  `IDLE_EXIT_SECONDS`.
+- `serve_exclusively`: one server per lock, which looks at the queue once more after letting the lock
+  go, so a submit that lands while it leaves is never stranded; `serve_until_idle`: the loop both
+  backends serve with, ticking until nothing has been busy for `IDLE_EXIT_SECONDS`.
 - `cancel_on_step`: the event sink wrapper that raises `RunCancelled` at the first Newton step after a
   cancel request, the only place a run checks for one.
-- `reap`: liveness is pid plus heartbeat; any reader fails the running runs whose worker died.
+- `reap`: any reader fails the running runs whose worker is gone: a local worker when its process is
+  (`pid_alive`), any other (a Dask task, a claimed run whose worker has not started) when silent for
+  `stale_seconds()`, which grows with the machine's load.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from snows_core.events import Event, EventSink
-from snows_core.runs.store import RunStore
+from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -32,17 +37,22 @@ __all__ = [
     "RunCancelled",
     "exclusive",
     "start_detached",
+    "serve_exclusively",
     "serve_until_idle",
     "cancel_on_step",
+    "finish_or_log",
     "reap",
+    "stale_seconds",
     "pid_alive",
 ]
 
+LOG = logging.getLogger("snows_core.runs")
 HEARTBEAT_SECONDS = 2.0
-STALE_SECONDS = 30.0  # a running run with no heartbeat this long is failed
+STALE_SECONDS = 30.0  # a run without a local pid, silent this long on an idle machine, is failed
 CANCEL_GRACE_SECONDS = 10.0  # after a cancel request, stop a worker that has not stopped by itself
 IDLE_EXIT_SECONDS = 5.0
 TICK_SECONDS = 0.2
+PID_START_SLACK = 2.0  # the boot time in /proc/stat is whole seconds
 
 
 class RunCancelled(Exception):
@@ -77,6 +87,23 @@ def start_detached(lock_path: Path, log_path: Path, module: str, *args: str) -> 
         )
 
 
+def serve_exclusively(lock_path: Path, serve: Callable[[], None], pending: Callable[[], bool]) -> None:
+    """Run `serve` holding the lock at `lock_path` (returning at once if another server holds it); once the
+    lock is let go, serve again if `pending()` says work is queued.
+
+    A submit commits its row, then starts a server unless the lock is held. If it found the lock held by
+    a server on its way out, that server's look at the queue after releasing the lock sees the row: the
+    second look is what makes a lost wake-up impossible.
+    """
+    while True:
+        with exclusive(lock_path) as held:
+            if not held:
+                return
+            serve()
+        if not pending():
+            return
+
+
 def serve_until_idle(tick: Callable[[], bool]) -> None:
     """Call `tick` every TICK_SECONDS until it has answered "not busy" for IDLE_EXIT_SECONDS in a row."""
     idle_since = time.monotonic()
@@ -98,26 +125,52 @@ def cancel_on_step(run_id: str, record: EventSink, cancelled: Callable[[], bool]
     return on_event
 
 
+def finish_or_log(store: RunStore, run_id: str, status: RunStatus, result: dict | None = None, error: str = "") -> None:
+    """End the run; if it had already ended (failed as dead while its worker was stalled), log the late
+    outcome instead of writing it under that end, and remove the artifacts it left."""
+    if not store.finish(run_id, status, result, error):
+        ended = store.get(run_id)["status"]
+        LOG.warning("run %s already ended %s; its worker's late outcome (%s) is not stored", run_id, ended, status)
+        if status == RunStatus.DONE:
+            shutil.rmtree(store.run_dir(run_id), ignore_errors=True)
+
+
 def reap(store: RunStore) -> list[str]:
-    """Fail the running runs whose worker process is gone or silent."""
-    return store.mark_dead(pid_alive, STALE_SECONDS)
+    """Fail the running runs whose worker is gone (see the module docstring)."""
+    return store.mark_dead(pid_alive, stale_seconds())
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether the local process `pid` runs (and is no zombie); a claimed run with no pid yet counts as alive."""
-    if not pid:
-        return True
+def stale_seconds() -> float:
+    """How long a run may be silent: STALE_SECONDS, times the load per core when the machine is busier
+    (a loaded box delays heartbeats and slow spawns alike)."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return STALE_SECONDS * max(1.0, load)
+
+
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process `pid` runs (no zombie) and, given `since` (a time the worker was known alive: its
+    last heartbeat), started no later than that: a younger process has only inherited the number."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or the number now belongs to another user
         return False
-    except PermissionError:
+    stat = _stat(pid)
+    if stat is None:
         return True
-    return _not_zombie(pid)
+    if stat[0] == "Z":
+        return False
+    return since is None or _start_time(stat) <= since + PID_START_SLACK
 
 
-def _not_zombie(pid: int) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None without /proc."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return None
+
+
+def _start_time(stat: list[str]) -> float:
+    """A process's start, in seconds since the epoch: boot time plus field 22 of stat (clock ticks)."""
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:5] == "btime")
+    return boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")

@@ -10,12 +10,13 @@ Run ids sort by time and read well: ``20261126-142233-resnet20-a1b2c3`` (UTC tim
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -114,6 +115,13 @@ class RunStore:
         finally:
             db.close()
 
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's own lock (blocking) for a change that spans the database and the run folders."""
+        with open(self.home / "store.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
 
@@ -150,6 +158,10 @@ class RunStore:
                 ),
             )
         return run_id
+
+    def has(self, run_id: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
 
     def get(self, run_id: str) -> dict[str, Any]:
         with self._connect() as db:
@@ -259,17 +271,20 @@ class RunStore:
             ).fetchall()
         return [{"id": r["id"], "time": r["time"], "kind": r["kind"], **json.loads(r["payload"])} for r in rows]
 
-    def finish(self, run_id: str, status: RunStatus, result: dict[str, Any] | None = None, error: str = "") -> None:
-        """End a run: status, finish time, error text and result row in one transaction."""
+    def finish(self, run_id: str, status: RunStatus, result: dict[str, Any] | None = None, error: str = "") -> bool:
+        """End a run: status, finish time, error text and result row in one transaction. A run that has
+        already ended (e.g. failed as dead while its worker was stalled) keeps its end: nothing is written
+        and this returns False."""
         with self._connect() as db:
-            db.execute(
+            ended = db.execute(
                 "UPDATE runs SET status = ?, finished = ?, error = ? WHERE id = ? AND status IN ('queued', 'running')",
                 (status.value, time.time(), error or None, run_id),
-            )
-            if result is not None:
+            ).rowcount
+            if ended and result is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO results (run_id, payload) VALUES (?, ?)", (run_id, json.dumps(result))
                 )
+        return bool(ended)
 
     def result(self, run_id: str) -> dict[str, Any] | None:
         with self._connect() as db:
@@ -310,23 +325,28 @@ class RunStore:
         return self.get(run_id)["status"]
 
     def find_done(self, spec_hash: str, version: str) -> str | None:
-        """The newest run that ended done with this spec hash and library version, if any."""
+        """The newest run computed here that ended done with this spec hash and library version, if any
+        (an imported run is shown, never reused: its numbers were not made on this machine)."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND status = 'done' ORDER BY created DESC",
+                "SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND status = 'done' "
+                "AND imported_from IS NULL ORDER BY created DESC",
                 (spec_hash, version),
             ).fetchone()
         return row[0] if row else None
 
-    def mark_dead(self, is_alive, stale_after: float) -> list[str]:
-        """Fail running runs whose worker is gone (pid dead, or no heartbeat for `stale_after` seconds).
-
-        A Dask run's worker may be on another host, so only its heartbeat (kept by the local bridge) counts.
-        """
+    def mark_dead(self, is_alive: Callable[[int, float | None], bool], stale_after: float) -> list[str]:
+        """Fail running runs whose worker is gone. A local run with a worker pid is gone when
+        `is_alive(pid, last heartbeat)` says so (a stopped or starved process still lives); any other
+        running run (claimed but not started yet, or a Dask task on another host, whose heartbeat the
+        local bridge keeps) when its heartbeat is older than `stale_after` seconds."""
         now, dead = time.time(), []
         for run in self.list(RunStatus.RUNNING.value):
-            pid_dead = run["executor"] == "local" and not is_alive(run["worker_pid"])
-            if pid_dead or now - (run["heartbeat"] or 0) > stale_after:
+            if run["executor"] == "local" and run["worker_pid"]:
+                gone = not is_alive(run["worker_pid"], run["heartbeat"])
+            else:
+                gone = now - (run["heartbeat"] or 0) > stale_after
+            if gone:
                 dead.append(run["id"])
         for run_id in dead:
             self.finish(run_id, RunStatus.FAILED, error="worker died")
