@@ -8,7 +8,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from snows_core.dashboard.frames import runs_frame
 from snows_core.models import list_models, model_info
-from snows_core.runs import RunStatus, RunStore, snows_home
+from snows_core.runs import RunStatus, RunStore, StoreError, snows_home
 from snows_core.runs.executor import reap
 from snows_core.runs.store import FINAL
 
@@ -31,7 +31,11 @@ def store() -> RunStore:
     home = snows_home()
     if not (home / "runs.db").is_file():  # removed under us: open it afresh
         _open_store.clear()
-    return _open_store(str(home))
+    try:
+        return _open_store(str(home))
+    except StoreError as err:
+        st.error(f"{err}. Point $SNOWS_HOME at another folder, or move this file aside.", icon=":material/error:")
+        st.stop()
 
 
 @st.cache_resource(show_spinner=False)

@@ -151,3 +151,10 @@ def test_a_page_and_its_live_fragment_share_one_read_of_the_runs_frame(home, pag
     reads.clear()
     at.run()
     assert not at.exception and len(reads) == 1
+
+
+def test_a_corrupt_store_is_one_clear_error_on_every_page(home):
+    (home / "runs.db").write_bytes(b"not a database" * 100)
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    assert not at.exception and "cannot open the run store" in at.error[0].value
+    (home / "runs.db").unlink()  # the fixture's teardown reads the store

@@ -210,3 +210,37 @@ def test_runs_are_claimed_per_backend_and_scheduler(tmp_path):
     assert store.claim_next(pid=1)["id"] == here
     assert store.claim_next(pid=1) is None
     assert [r["id"] for r in store.list(RunStatus.QUEUED.value)] == [a]
+
+
+def test_a_corrupt_store_is_a_one_line_error_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    from snows_core.cli import main
+    from snows_core.runs import StoreError
+
+    (tmp_path / "runs.db").write_bytes(b"this is not a database, " * 100)
+    with pytest.raises(StoreError, match="file is not a database"):
+        RunStore(tmp_path)
+    monkeypatch.setenv("SNOWS_HOME", str(tmp_path))
+    for command in (["list"], ["status", "some-run"], ["cancel", "some-run"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot open the run store") and err.count("\n") == 1
+
+
+def test_a_read_only_store_can_be_listed_but_not_changed(tmp_path, monkeypatch, capsys):
+    """As root chmod binds nothing, so the store is told the home is not writable (as os.access says for others)."""
+    import json
+
+    from snows_core.cli import main
+
+    store = RunStore(tmp_path)
+    run = store.create(spec(), "v1")
+    store.claim_next(pid=999_999_999)  # a dead worker that only a writable store would reap
+    monkeypatch.setenv("SNOWS_HOME", str(tmp_path))
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    assert RunStore(tmp_path).readonly
+    assert main(["list", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [run]
+    assert main(["status", run]) == 0 and "running" in capsys.readouterr().out
+    assert main(["cancel", run]) == 2 and "read-only here" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert RunStore(tmp_path).get(run)["status"] == "running" and not RunStore(tmp_path).get(run)["cancel_requested"]

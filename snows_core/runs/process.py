@@ -136,8 +136,8 @@ def finish_or_log(store: RunStore, run_id: str, status: RunStatus, result: dict 
 
 
 def reap(store: RunStore) -> list[str]:
-    """Fail the running runs whose worker is gone (see the module docstring)."""
-    return store.mark_dead(pid_alive, stale_seconds())
+    """Fail the running runs whose worker is gone (see the module docstring); a read-only store is left as is."""
+    return [] if store.readonly else store.mark_dead(pid_alive, stale_seconds())
 
 
 def stale_seconds() -> float:

@@ -25,7 +25,7 @@ from typing import Any
 
 from snows_core.runs.spec import RunSpec
 
-__all__ = ["RunStatus", "RunStore", "snows_home"]
+__all__ = ["RunStatus", "RunStore", "StoreError", "snows_home"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+class StoreError(ValueError):
+    """The run store cannot be opened or changed (a corrupt file, a read-only home, a full disk)."""
+
+
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -86,8 +90,19 @@ class RunStore:
 
     def __init__(self, home: str | Path | None = None) -> None:
         self.home = Path(home) if home is not None else snows_home()
-        self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "runs.db"
+        # a home we cannot write (an archive, a colleague's store) is still readable: list, status, charts
+        self.readonly = self.path.is_file() and not (os.access(self.home, os.W_OK) and os.access(self.path, os.W_OK))
+        try:
+            if not self.readonly:
+                self.home.mkdir(parents=True, exist_ok=True)
+                self._migrate()
+            with self._connect():
+                pass
+        except (sqlite3.Error, OSError) as err:
+            raise StoreError(f"cannot open the run store {self.path}: {err}") from None
+
+    def _migrate(self) -> None:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; persists in the file
@@ -100,20 +115,42 @@ class RunStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """One connection per call: each `with` block is one transaction (BEGIN IMMEDIATE)."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA busy_timeout=30000")
+        """One connection per call: each `with` block is one transaction (BEGIN IMMEDIATE; a read-only
+        store reads a snapshot). SQLite's errors (a corrupt file, a full disk) leave as one-line StoreErrors."""
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db = self._open_connection()
+        except sqlite3.Error as err:
+            raise StoreError(f"run store {self.path}: {err}") from None
+        try:
+            db.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if self.readonly and "readonly" in str(err):
+                raise StoreError(f"the run store {self.path} is read-only here: it can be read, not changed") from None
+            raise StoreError(f"run store {self.path}: {err}") from None
         except BaseException:
             db.execute("ROLLBACK")
             raise
         finally:
             db.close()
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self.readonly:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            try:
+                db.execute("SELECT 1 FROM runs LIMIT 1")  # reads the WAL through its -shm file, when it may
+            except sqlite3.OperationalError:  # no -shm, none to create here: the main file as it is
+                db.close()
+                db = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+        else:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=30000")
+        db.row_factory = sqlite3.Row
+        return db
 
     @contextmanager
     def lock(self) -> Iterator[None]:
