@@ -143,9 +143,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, grid: bool = False) ->
 def _comma_list(cast: type):
     def parse(text: str) -> list:
         try:
-            return [cast(item) for item in text.split(",") if item]
+            values = [cast(item) for item in text.split(",") if item]
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"{text!r} is not a list of {cast.__name__}") from err
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} holds no value")
+        return values
 
     return parse
 
@@ -178,7 +181,6 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     spec = _run_spec(args)
-    spec.check_inputs()
     check_backend(args.executor, args.scheduler)
     print(submit(RunStore(), spec, force=args.force, executor=args.executor, scheduler=args.scheduler))
     return 0
@@ -203,7 +205,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
     axes = {name: getattr(args, name) for name in CONFIG_FLAGS}
     base = _run_spec(argparse.Namespace(**{**vars(args), **{name: values[0] for name, values in axes.items()}}))
-    base.check_inputs()
     specs = grid_specs(base, {name: values for name, values in axes.items() if len(values) > 1})
     check_backend(args.executor, args.scheduler)
     group, runs = submit_all(RunStore(), specs, force=args.force, executor=args.executor, scheduler=args.scheduler)

@@ -213,5 +213,6 @@ def _require_number(name: str, value: Any, what: str) -> None:
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**63:
+        # 2**63: what a torch generator, SQLite and every JSON reader hold exactly
+        raise ValueError(f"{name} must be an integer >= {minimum} (and below 2**63); got {value!r:.40}")

@@ -3,6 +3,7 @@
 from snows_core.models import resnet_cifar, zoo  # noqa: F401  (registers the models)
 from snows_core.models._registry import (
     ModelInfo,
+    check_hub_name,
     create_model,
     default_dataset,
     list_models,
@@ -13,6 +14,7 @@ from snows_core.models.checkpoint import load_weights, read_state_dict
 
 __all__ = [
     "ModelInfo",
+    "check_hub_name",
     "create_model",
     "default_dataset",
     "list_models",

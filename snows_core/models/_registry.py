@@ -18,10 +18,19 @@ from typing import Any
 
 import torch.nn as nn
 
-from snows_core.models.checkpoint import load_weights
+from snows_core.models.checkpoint import first_line, load_weights
 from snows_core.registry import Registry
 
-__all__ = ["ASSETS", "ModelInfo", "register_model", "create_model", "list_models", "model_info", "default_dataset"]
+__all__ = [
+    "ASSETS",
+    "ModelInfo",
+    "register_model",
+    "create_model",
+    "check_hub_name",
+    "list_models",
+    "model_info",
+    "default_dataset",
+]
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 HUBS = ("timm", "torchvision")
@@ -126,6 +135,29 @@ def create_model(name: str, pretrained: bool = True, checkpoint: str | Path | No
     return model.eval()
 
 
+def check_hub_name(name: str) -> None:
+    """Refuse a timm:NAME / torchvision:NAME that the installed library does not know (nothing downloads)."""
+    hub, _, hub_name = name.partition(":")
+    if hub == "timm" and hub_name:
+        import timm
+
+        known = timm.is_model(hub_name)
+    elif hub == "torchvision" and hub_name:
+        import torchvision
+
+        known = hub_name in torchvision.models.list_models()
+    else:
+        return
+    if not known:
+        raise ValueError(f"model {name!r}: {hub} {_installed_version(hub)} has no model {hub_name!r}")
+
+
+def _installed_version(hub: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(hub)
+
+
 def _hub_model(hub: str, name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     try:
         if hub == "timm":
@@ -139,6 +171,6 @@ def _hub_model(hub: str, name: str, pretrained: bool, **kwargs: Any) -> nn.Modul
         if not pretrained:
             raise ValueError(f"{hub} has no model {name!r}: {err}") from err
         raise ValueError(
-            f"could not download pretrained weights for {hub}:{name} (offline?): {str(err).splitlines()[0]}. "
+            f"could not download pretrained weights for {hub}:{name} (offline?): {first_line(err)}. "
             f"Use pretrained=False to explore the architecture with random weights."
         ) from err

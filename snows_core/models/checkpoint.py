@@ -19,6 +19,11 @@ from safetensors.torch import load_file
 __all__ = ["read_state_dict", "load_weights"]
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line for a one-line message (its type when it has no text, as an empty file gives)."""
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a torch checkpoint, keys without a ``module.`` prefix."""
     path = Path(path)
@@ -30,7 +35,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, SafetensorError, RuntimeError, ValueError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+        raise ValueError(f"cannot read checkpoint {path}: {first_line(err)}") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

@@ -74,13 +74,17 @@ def submit(
     sweep_id: str | None = None,
     executor: str = "local",
     scheduler: str | None = None,
+    checked: bool = False,
 ) -> str:
     """Queue `spec` (or reuse a run that ended done with the same spec and version) and return the run id.
 
-    `executor` names the backend (`list_backends()`). Whether the scheduler answers is the caller's
-    check (`check_backend`), made once for a whole sweep.
+    The spec's inputs are checked first (`RunSpec.check_inputs`; `checked=True` when the caller already
+    did, as `submit_all` does once per distinct input). `executor` names the backend (`list_backends()`);
+    whether its scheduler answers is the caller's check (`check_backend`), made once for a whole sweep.
     """
     backend = check_backend(executor, scheduler, reach=False)
+    if not checked:
+        spec.check_inputs()
     if not force:
         done = reusable_run(store, spec)
         if done is not None:

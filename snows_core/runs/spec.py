@@ -67,18 +67,31 @@ class RunSpec:
             raise ValueError(f"trajectory must be true or false; got {self.trajectory!r}")
 
     def check_inputs(self) -> None:
-        """Refuse, before queueing, a run whose files are missing: its checkpoint, its weights or its data."""
+        """Refuse, before anything is stored, a run that cannot start on this machine: a device it does not
+        have, a hub model it cannot build, a checkpoint that is not weights of this architecture (read
+        weights-only, keys and shapes checked), shipped weights that are missing, data that is not there
+        or smaller than the calibration sample."""
         from snows_core.data import load_dataset
-        from snows_core.models import model_info
+        from snows_core.models import check_hub_name, create_model, model_info
+        from snows_core.prune import resolve_device
 
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist")
-        if ":" not in self.model and self.checkpoint is None and model_info(self.model).weights is None:
+        resolve_device(self.config.device)
+        check_hub_name(self.model)
+        if self.checkpoint is not None:
+            if not Path(self.checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist")
+            create_model(self.model, pretrained=False, checkpoint=self.checkpoint)  # raises naming the bad key
+        elif ":" not in self.model and model_info(self.model).weights is None:
             hint = model_info(self.model).checkpoint_hint
             raise ValueError(f"model {self.model} ships no weights: give a checkpoint. {hint}".strip())
         train = load_dataset(self.dataset, "train", self.data_root)  # raises naming what to install or where
         if self.config.n_calib > len(train):
             raise ValueError(f"n_calib is {self.config.n_calib} but the {self.dataset} train split holds {len(train)}")
+
+    def inputs_key(self) -> tuple[Any, ...]:
+        """What `check_inputs` reads: specs with equal keys pass or fail it together (a sweep checks one each)."""
+        c = self.config
+        return (self.model, self.checkpoint, self.dataset, self.data_root, c.n_calib, c.device)
 
     def to_dict(self) -> dict[str, Any]:
         return {
