@@ -11,33 +11,45 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from snows_core.config import PruneConfig
-from snows_core.data import list_datasets
 from snows_core.events import Event
-from snows_core.models import list_models
-from snows_core.report import PruneResult
 from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.executor import check_backend, list_backends, reap, submit
+
+if TYPE_CHECKING:
+    from snows_core.report import PruneResult
 
 __all__ = ["main", "add_model_arguments", "add_config_arguments", "config_from_args", "layer_table"]
 
 
+STORE_COMMANDS = ("status", "cancel", "list", "export", "import")  # they read the store alone: no torch import
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(run_commands=not argv or argv[0] not in STORE_COMMANDS)
     args = parser.parse_args(argv)
     try:
         return args.command(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)  # KeyError quotes
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(run_commands: bool = True) -> argparse.ArgumentParser:
+    """The command line; without `run_commands` only the store's commands (built without importing torch:
+    their help and checks need no model or dataset registry)."""
     parser = argparse.ArgumentParser(prog="python -m snows_core", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    if run_commands:
+        _add_run_commands(commands)
+    _add_store_commands(commands)
+    return parser
+
+
+def _add_run_commands(commands: argparse._SubParsersAction) -> None:
     prune = commands.add_parser("prune", help="prune a model and write the result to a folder")
     prune.set_defaults(command=_prune)
     add_model_arguments(prune)
@@ -58,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         queue.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
         add_config_arguments(queue, grid=grid)
 
+
+def _add_store_commands(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="a run's status (and result when done)")
     status.set_defaults(command=_status)
     status.add_argument("run")
@@ -79,7 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     importer = commands.add_parser("import", help="add a run bundle (e.g. from another machine) to the store")
     importer.set_defaults(command=_import)
     importer.add_argument("folder", type=Path)
-    return parser
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +105,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """What to prune and on which data: --model, --checkpoint, --dataset, --data-root."""
+    from snows_core.data import list_datasets
+    from snows_core.models import list_models
+
     parser.add_argument(
         "--model", default="resnet20", help=f"{', '.join(list_models())}, or timm:NAME/torchvision:NAME"
     )
@@ -280,6 +296,8 @@ class ProgressBar:
     """An `on_event` callback drawing one tqdm bar over the layers."""
 
     def __enter__(self) -> ProgressBar:
+        from tqdm import tqdm
+
         self.bar = tqdm(total=0, unit="layer", file=sys.stderr, dynamic_ncols=True)
         self.stages = 1
         return self

@@ -72,3 +72,21 @@ def test_the_library_floor_never_imports_the_dashboard_or_streamlit():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(m.split(".")[0] == "streamlit" for m in imported), path
+
+
+def test_the_store_commands_run_without_importing_torch(tmp_path):
+    """`status`, `list` and `cancel` are the control plane: they read the store alone and start in a blink."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from snows_core.cli import main; "
+        "codes = [main(['list', '--json']), main(['status', 'nope']), main(['cancel', 'nope'])]; "
+        "print(codes, sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))"
+    )
+    env = dict(os.environ, SNOWS_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert json.loads(out.splitlines()[0]) == []  # list --json on an empty store
+    assert out.splitlines()[-1] == "[0, 2, 2] []"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from snows_core import __version__
 from snows_core.registry import Registry
-from snows_core.runs import dask_executor, local
 from snows_core.runs.process import reap
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
@@ -35,9 +34,27 @@ class Backend:
     reach: Callable[[str], None] | None = None
 
 
+def _ensure_local(home: Path, _: str | None) -> None:
+    from snows_core.runs.local import ensure_dispatcher  # the backends import torch: only when a run is queued
+
+    ensure_dispatcher(home)
+
+
+def _ensure_dask(home: Path, scheduler: str | None) -> None:
+    from snows_core.runs.dask_executor import ensure_bridge
+
+    ensure_bridge(home, scheduler)
+
+
+def _reach_dask(scheduler: str) -> None:
+    from snows_core.runs.dask_executor import check_scheduler
+
+    check_scheduler(scheduler)
+
+
 _BACKENDS: Registry[Backend] = Registry("executor", ordered=True)
-_BACKENDS.add("local", Backend("local", False, lambda home, _: local.ensure_dispatcher(home)))
-_BACKENDS.add("dask", Backend("dask", True, dask_executor.ensure_bridge, dask_executor.check_scheduler))
+_BACKENDS.add("local", Backend("local", False, _ensure_local))
+_BACKENDS.add("dask", Backend("dask", True, _ensure_dask, _reach_dask))
 
 
 def list_backends() -> list[str]:
