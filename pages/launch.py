@@ -307,7 +307,11 @@ if estimates and not worst.fits:
     st.stop()
 
 if st.button("Launch", type="primary", icon=":material/rocket_launch:"):
-    group, run_ids = submit_all(store(), specs)
+    try:
+        group, run_ids = submit_all(store(), specs)  # checks every spec's inputs again at the door
+    except (ValueError, FileNotFoundError) as err:
+        st.error(f"Nothing was queued: {err}")
+        st.stop()
     st.session_state["launched"] = run_ids
     st.toast(f"Queued {len(run_ids)} run{'s' if len(run_ids) > 1 else ''}" + (f" ({group})" if group else ""))
 
