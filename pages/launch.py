@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import streamlit as st
 
@@ -123,17 +121,11 @@ def numbers(text: str, cast: type, field: str) -> list:
 
 
 def uploaded_checkpoint() -> str | None:
-    """Save an uploaded checkpoint under $SNOWS_HOME/uploads (named by content) and return its path."""
+    """Save an uploaded checkpoint under $SNOWS_HOME/uploads (once per content) and return its path."""
     upload = st.session_state.get("checkpoint")
     if upload is None:
         return None
-    data = upload.getvalue()
-    folder = store().home / "uploads"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{Path(upload.name).name}"
-    if not path.exists():
-        path.write_bytes(data)
-    return str(path)
+    return str(store().save_upload(upload.getvalue(), upload.name))
 
 
 def build_specs() -> list[RunSpec]:

@@ -58,3 +58,15 @@ def test_submits_racing_the_idle_exit_are_never_stranded(tmp_path, monkeypatch):
     assert not any(server.is_alive() for server in servers)
     assert queue == [] and sorted(served) == list(range(400))
     assert len(servers) > 10  # the servers really did exit and restart between submits
+
+
+def test_a_server_log_past_its_limit_is_rotated_when_a_server_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(process, "LOG_MAX_BYTES", 100)
+    log = tmp_path / "server.log"
+    log.write_text("old line\n" * 20)
+    process.start_detached(tmp_path / "server.lock", log, "json.tool", "--help")
+    assert (tmp_path / "server.log.1").read_text() == "old line\n" * 20
+    deadline = time.monotonic() + 60
+    while "usage" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "usage" in log.read_text() and "old line" not in log.read_text()

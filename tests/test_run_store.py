@@ -244,3 +244,21 @@ def test_a_read_only_store_can_be_listed_but_not_changed(tmp_path, monkeypatch, 
     assert main(["cancel", run]) == 2 and "read-only here" in capsys.readouterr().err
     monkeypatch.undo()
     assert RunStore(tmp_path).get(run)["status"] == "running" and not RunStore(tmp_path).get(run)["cancel_requested"]
+
+
+def test_an_upload_is_stored_once_per_content_and_removed_when_no_run_uses_it(tmp_path):
+    import os
+
+    store = RunStore(tmp_path)
+    first = store.save_upload(b"weights", "mine.safetensors")
+    assert store.save_upload(b"weights", "renamed.safetensors") == first and first.suffix == ".safetensors"
+    other = store.save_upload(b"other weights", "b.th")
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == sorted([first.name, other.name])
+    used = RunSpec(model="mlp", config=PruneConfig(sparsity=0.5, n_calib=64), checkpoint=str(first))
+    run = store.create(used, "v1")
+    assert store.remove_unused_uploads() == []  # fresh: maybe waiting for its Launch click
+    for path in (first, other):
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert store.remove_unused_uploads() == [other] and first.exists()
+    store.delete(run)
+    assert not first.exists()

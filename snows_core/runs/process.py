@@ -52,6 +52,7 @@ STALE_SECONDS = 30.0  # a run without a local pid, silent this long on an idle m
 CANCEL_GRACE_SECONDS = 10.0  # after a cancel request, stop a worker that has not stopped by itself
 IDLE_EXIT_SECONDS = 5.0
 TICK_SECONDS = 0.2
+LOG_MAX_BYTES = 1 << 20  # a server's log is rotated when it starts past this size
 PID_START_SLACK = 2.0  # the boot time in /proc/stat is whole seconds
 
 
@@ -72,10 +73,13 @@ def exclusive(lock_path: Path) -> Iterator[bool]:
 
 
 def start_detached(lock_path: Path, log_path: Path, module: str, *args: str) -> None:
-    """Run ``python -m module args`` detached from this process, unless a live one holds `lock_path`."""
+    """Run ``python -m module args`` detached from this process, unless a live one holds `lock_path`; its
+    output goes to `log_path` (moved to ``<log>.1`` first when past LOG_MAX_BYTES)."""
     with exclusive(lock_path) as free:
         if not free:
             return
+    if log_path.is_file() and log_path.stat().st_size > LOG_MAX_BYTES:
+        log_path.replace(log_path.with_name(log_path.name + ".1"))  # one old log kept; a live writer keeps its file
     with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
         subprocess.Popen(
             [sys.executable, "-m", module, *args],

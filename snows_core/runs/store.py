@@ -11,6 +11,7 @@ Run ids sort by time and read well: ``20261126-142233-resnet20-a1b2c3`` (UTC tim
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,7 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+UPLOAD_GRACE_SECONDS = 3600.0
 FINAL = (RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 
 
@@ -390,10 +392,35 @@ class RunStore:
         return dead
 
     def delete(self, run_id: str) -> None:
-        """Forget a run (its events and result go with it) and remove its artifacts."""
+        """Forget a run (its events and result go with it), remove its artifacts and the uploads no run uses."""
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        self.remove_unused_uploads()
+
+    def save_upload(self, data: bytes, name: str) -> Path:
+        """Keep an uploaded file (a checkpoint) once per content: $SNOWS_HOME/uploads/<sha256>.<suffix>."""
+        folder = self.home / "uploads"
+        folder.mkdir(exist_ok=True)
+        path = folder / (hashlib.sha256(data).hexdigest()[:24] + Path(name).suffix.lower())
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(data)
+            partial.replace(path)  # atomic: a reader never sees half a checkpoint
+        return path
+
+    def remove_unused_uploads(self, older_than: float = UPLOAD_GRACE_SECONDS) -> list[Path]:
+        """Remove the uploads no stored run names as its checkpoint, once older than `older_than` seconds (an
+        upload waiting for its Launch click is kept)."""
+        folder = self.home / "uploads"
+        if not folder.is_dir():
+            return []
+        used = {run["spec"].get("checkpoint") for run in self.list()}
+        cutoff = time.time() - older_than
+        unused = [p for p in folder.iterdir() if str(p) not in used and p.stat().st_mtime < cutoff]
+        for path in unused:
+            path.unlink(missing_ok=True)
+        return unused
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
