@@ -57,7 +57,7 @@ def status(run: str) -> dict:
     return json.loads(cli("status", run, "--json").stdout)
 
 
-def wait_for(run: str, predicate, timeout: float = 240) -> dict:
+def wait_for(run: str, predicate, timeout: float = 900) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         s = status(run)

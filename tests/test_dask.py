@@ -67,7 +67,7 @@ def test_cancel_reaches_a_task_running_on_the_cluster(home, cluster):
     run = p.stdout.strip().splitlines()[-1]
     solving(run)
     assert cli("cancel", run).stdout.strip() == "running"
-    cancelled = wait_for(run, lambda s: s["status"] != "running", timeout=60)
+    cancelled = wait_for(run, lambda s: s["status"] != "running", timeout=300)
     # the task stops at its next Newton step, or (a step longer than the grace period) the bridge cancels it
     assert cancelled["status"] == "cancelled"
     assert cancelled["error"] in ("cancelled by request", "cancelled on the cluster after the cancel request")
