@@ -16,9 +16,9 @@ from pathlib import Path
 
 from snows_core import __version__
 from snows_core.registry import Registry
-from snows_core.runs.process import reap
+from snows_core.runs import process
 from snows_core.runs.spec import RunSpec
-from snows_core.runs.store import RunStore
+from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = ["Backend", "list_backends", "get_backend", "check_backend", "submit", "reusable_run", "reap"]
 
@@ -76,6 +76,15 @@ def check_backend(executor: str, scheduler: str | None = None, *, reach: bool = 
     if scheduler and reach and backend.reach is not None:
         backend.reach(scheduler)
     return backend
+
+
+def reap(store: RunStore) -> list[str]:
+    """What every reader calls: fail the running runs whose worker is gone, and start a dispatcher when
+    local runs wait with none alive (the last one was killed): no queued run depends on a next submit."""
+    dead = process.reap(store)
+    if not store.readonly and store.list(RunStatus.QUEUED.value, executor="local"):
+        _ensure_local(store.home, None)
+    return dead
 
 
 def reusable_run(store: RunStore, spec: RunSpec) -> str | None:
