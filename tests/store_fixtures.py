@@ -96,7 +96,7 @@ def result(final: float, mask_only: float = 0.8, seed: int = 0) -> dict:
 
 
 def populate(home: Path) -> dict[str, str]:
-    """Runs done (magnitude and wanda, K 0 and 3), running, failed, cancelled and queued; returns ids by role."""
+    """Runs done (magnitude and wanda, K 0 and 3), failed, cancelled and running; returns ids by role."""
     store = RunStore(home)
     ids = {}
     for role, s, final in (
