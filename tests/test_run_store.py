@@ -135,6 +135,9 @@ def test_a_late_result_for_a_run_already_failed_is_refused(tmp_path):
     finish_or_log(store, run, RunStatus.DONE, {"top1_final": 0.9})
     assert store.get(run)["status"] == "failed" and store.result(run) is None
     assert not store.run_dir(run).exists()
+    store.delete(run)
+    finish_or_log(store, run, RunStatus.DONE, {"top1_final": 0.9})  # deleted meanwhile: logged, nothing raised
+    assert not store.has(run)
 
 
 def test_a_pid_counts_as_our_worker_only_if_its_process_is_older_than_the_last_heartbeat():

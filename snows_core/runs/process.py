@@ -133,7 +133,7 @@ def finish_or_log(store: RunStore, run_id: str, status: RunStatus, result: dict 
     """End the run; if it had already ended (failed as dead while its worker was stalled), log the late
     outcome instead of writing it under that end, and remove the artifacts it left."""
     if not store.finish(run_id, status, result, error):
-        ended = store.get(run_id)["status"]
+        ended = store.get(run_id)["status"] if store.has(run_id) else "and was deleted"
         LOG.warning("run %s already ended %s; its worker's late outcome (%s) is not stored", run_id, ended, status)
         if status == RunStatus.DONE:
             shutil.rmtree(store.run_dir(run_id), ignore_errors=True)
