@@ -122,6 +122,15 @@ def test_a_local_run_dies_with_its_process_and_any_other_by_silence(tmp_path):
     assert store.get(alive)["status"] == "running"
 
 
+def test_a_run_whose_worker_is_gone_after_a_cancel_request_ends_cancelled(tmp_path):
+    store = RunStore(tmp_path)
+    run = store.create(spec(), "v1")
+    store.claim_next(pid=1)
+    assert store.request_cancel(run) == "running"
+    assert store.mark_dead(lambda pid, since: False, stale_after=60) == [run]  # terminated after the grace
+    assert store.get(run)["status"] == "cancelled" and "cancelled by request" in store.get(run)["error"]
+
+
 def test_a_late_result_for_a_run_already_failed_is_refused(tmp_path):
     from snows_core.runs.process import finish_or_log
 

@@ -80,7 +80,7 @@ def test_cancel_stops_a_running_run(home):
     cancelled = wait_for(run, lambda s: s["status"] != "running", timeout=300)
     # at its next Newton step, or (a step slower than the grace period on a loaded box) terminated
     assert cancelled["status"] == "cancelled"
-    assert cancelled["error"] in ("cancelled by request", "terminated after the cancel request")
+    assert cancelled["error"].startswith(("cancelled by request", "terminated after the cancel request"))
 
 
 def test_queued_runs_left_without_a_dispatcher_are_served_once_anyone_looks(home):

@@ -375,10 +375,11 @@ class RunStore:
         return row[0] if row else None
 
     def mark_dead(self, is_alive: Callable[[int, float | None], bool], stale_after: float) -> list[str]:
-        """Fail running runs whose worker is gone. A local run with a worker pid is gone when
-        `is_alive(pid, last heartbeat)` says so (a stopped or starved process still lives); any other
-        running run (claimed but not started yet, or a Dask task on another host, whose heartbeat the
-        local bridge keeps) when its heartbeat is older than `stale_after` seconds."""
+        """End the running runs whose worker is gone: failed ("worker died"), or cancelled when a cancel was
+        asked for (the dispatcher stopping a worker that ignored it must not read as a crash). A local run with
+        a worker pid is gone when `is_alive(pid, last heartbeat)` says so (a stopped or starved process still
+        lives); any other running run (claimed but not started yet, or a Dask task on another host, whose
+        heartbeat the local bridge keeps) when its heartbeat is older than `stale_after` seconds."""
         now, dead = time.time(), []
         for run in self.list(RunStatus.RUNNING.value):
             if run["executor"] == "local" and run["worker_pid"]:
@@ -387,8 +388,10 @@ class RunStore:
                 gone = now - (run["heartbeat"] or 0) > stale_after
             if gone:
                 dead.append(run["id"])
-        for run_id in dead:
-            self.finish(run_id, RunStatus.FAILED, error="worker died")
+                if run["cancel_requested"]:
+                    self.finish(run["id"], RunStatus.CANCELLED, error="cancelled by request; its worker was stopped")
+                else:
+                    self.finish(run["id"], RunStatus.FAILED, error="worker died")
         return dead
 
     def delete(self, run_id: str) -> None:
