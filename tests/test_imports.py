@@ -90,3 +90,23 @@ def test_the_store_commands_run_without_importing_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert json.loads(out.splitlines()[0]) == []  # list --json on an empty store
     assert out.splitlines()[-1] == "[0, 2, 2] []"
+
+
+def test_a_reader_of_a_store_with_queued_runs_and_a_live_dispatcher_imports_no_torch(tmp_path):
+    """`list` revives a missing dispatcher when runs wait; with one alive that is a lock check, not a torch import."""
+    import os
+    import subprocess
+    import sys
+
+    from snows_core.config import PruneConfig
+    from snows_core.runs import RunSpec, RunStore
+    from snows_core.runs.process import exclusive
+
+    store = RunStore(tmp_path)
+    store.create(RunSpec(model="mlp", config=PruneConfig(sparsity=0.5, n_calib=64)), "v")
+    code = "import sys; from snows_core.cli import main; main(['list']); print('torch' in sys.modules)"
+    env = dict(os.environ, SNOWS_HOME=str(tmp_path))
+    with exclusive(tmp_path / "dispatcher.lock") as held:  # stands for the live dispatcher
+        assert held
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines()[-1] == "False"

@@ -7,6 +7,9 @@
 - A worker marks its run running, streams events into the store, beats every few seconds, and ends
   the run done, failed (with the traceback) or cancelled. A cancel request stored on the run is
   honoured at the next Newton step; the dispatcher terminates a worker that ignores it.
+
+torch and the pipeline are imported inside the dispatcher and the workers only: `ensure_dispatcher` is
+what every reader of the store calls when runs wait, and it must not cost a torch import.
 """
 
 from __future__ import annotations
@@ -20,10 +23,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from snows_core.events import Event
-from snows_core.runs.pipeline import execute
 from snows_core.runs.process import (
     CANCEL_GRACE_SECONDS,
     HEARTBEAT_SECONDS,
@@ -92,6 +92,8 @@ def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> No
 
 
 def _slots() -> int:
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.device_count()
     return max(1, int(os.environ.get("SNOWS_CPU_WORKERS", "1")))
@@ -113,6 +115,8 @@ def worker_main(home: str, run_id: str) -> None:
     on_event = cancel_on_step(run_id, record, lambda: store.cancel_requested(run_id))
 
     try:
+        from snows_core.runs.pipeline import execute
+
         result = execute(spec, store.run_dir(run_id), on_event)
         finish_or_log(store, run_id, RunStatus.DONE, result)
     except RunCancelled:
@@ -130,6 +134,8 @@ def _beat(store: RunStore, run_id: str, stop: threading.Event) -> None:
 
 def _limit_threads() -> None:
     """Share the CPU cores among the workers: oversubscribed OpenMP threads slow small ops many-fold."""
+    import torch
+
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // _slots()))
 
