@@ -25,10 +25,9 @@ __all__ = ["Backend", "list_backends", "get_backend", "check_backend", "submit",
 
 @dataclass(frozen=True)
 class Backend:
-    """Where runs compute. `ensure(home, scheduler)` makes sure a server serves this backend's queued runs;
-    `reach(scheduler)` refuses an address that does not answer (a backend with no address has none)."""
+    """Where runs compute (named by its registry key). `ensure(home, scheduler)` makes sure a server serves
+    its queued runs; `reach(scheduler)` refuses an address that does not answer (none without an address)."""
 
-    name: str
     needs_scheduler: bool
     ensure: Callable[[Path, str | None], None]
     reach: Callable[[str], None] | None = None
@@ -53,8 +52,8 @@ def _reach_dask(scheduler: str) -> None:
 
 
 _BACKENDS: Registry[Backend] = Registry("executor", ordered=True)
-_BACKENDS.add("local", Backend("local", False, _ensure_local))
-_BACKENDS.add("dask", Backend("dask", True, _ensure_dask, _reach_dask))
+_BACKENDS.add("local", Backend(False, _ensure_local))
+_BACKENDS.add("dask", Backend(True, _ensure_dask, _reach_dask))
 
 
 def list_backends() -> list[str]:

@@ -96,11 +96,12 @@ class RunStore:
         # a home we cannot write (an archive, a colleague's store) is still readable: list, status, charts
         self.readonly = self.path.is_file() and not (os.access(self.home, os.W_OK) and os.access(self.path, os.W_OK))
         try:
-            if not self.readonly:
+            if self.readonly:
+                with self._connect():  # a corrupt file fails here, not at the first read
+                    pass
+            else:
                 self.home.mkdir(parents=True, exist_ok=True)
                 self._migrate()
-            with self._connect():
-                pass
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open the run store {self.path}: {err}") from None
 
