@@ -218,10 +218,13 @@ def test_runs_are_claimed_per_backend_and_scheduler(tmp_path):
     a = store.create(spec(), "v", executor="dask", scheduler="tcp://a:8786")
     b = store.create(spec(k=1), "v", executor="dask", scheduler="tcp://b:8786")
     here = store.create(spec(k=2), "v")
+    assert store.has_queued("local") and store.has_queued("dask", "tcp://b:8786")
+    assert not store.has_queued("dask", "tcp://c:8786") and not store.has_queued("dask")
     assert store.claim_next(pid=1, executor="dask", scheduler="tcp://b:8786")["id"] == b
     assert store.claim_next(pid=1)["id"] == here
     assert store.claim_next(pid=1) is None
     assert [r["id"] for r in store.list(RunStatus.QUEUED.value)] == [a]
+    assert not store.has_queued("local") and not store.has_queued("dask", "tcp://b:8786")
 
 
 def test_a_corrupt_store_is_a_one_line_error_with_exit_code_2(tmp_path, monkeypatch, capsys):

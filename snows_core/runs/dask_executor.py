@@ -75,7 +75,7 @@ def bridge(home: Path, address: str) -> None:
             _Bridge(store, address, client).serve()
 
     def queued() -> bool:
-        return bool(store.list(RunStatus.QUEUED.value, executor="dask", scheduler=address))
+        return store.has_queued("dask", address)
 
     serve_exclusively(_lock_path(home, address), serve, queued)
 
@@ -104,7 +104,7 @@ class _Bridge:
         if time.monotonic() - self.last_beat > HEARTBEAT_SECONDS:
             self._beat()
             self.last_beat = time.monotonic()
-        return bool(self.futures or self.store.list(RunStatus.QUEUED.value, executor="dask", scheduler=self.address))
+        return bool(self.futures) or self.store.has_queued("dask", self.address)
 
     def _submit_queued(self) -> None:
         while (run := self.store.claim_next(pid=os.getpid(), executor="dask", scheduler=self.address)) is not None:

@@ -18,7 +18,7 @@ from snows_core import __version__
 from snows_core.registry import Registry
 from snows_core.runs import process
 from snows_core.runs.spec import RunSpec
-from snows_core.runs.store import RunStatus, RunStore
+from snows_core.runs.store import RunStore
 
 __all__ = ["Backend", "list_backends", "get_backend", "check_backend", "submit", "reusable_run", "reap"]
 
@@ -81,7 +81,7 @@ def reap(store: RunStore) -> list[str]:
     """What every reader calls: fail the running runs whose worker is gone, and start a dispatcher when
     local runs wait with none alive (the last one was killed): no queued run depends on a next submit."""
     dead = process.reap(store)
-    if not store.readonly and store.list(RunStatus.QUEUED.value, executor="local"):
+    if not store.readonly and store.has_queued("local"):
         _ensure_local(store.home, None)
     return dead
 

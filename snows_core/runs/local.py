@@ -51,7 +51,7 @@ def dispatch(home: Path) -> None:
     store = RunStore(home)
 
     def queued() -> bool:
-        return bool(store.list(RunStatus.QUEUED.value, executor="local"))
+        return store.has_queued("local")
 
     serve_exclusively(home / "dispatcher.lock", lambda: _serve(store, home, queued), queued)
 

@@ -221,6 +221,15 @@ class RunStore:
         with self._connect() as db:
             return [_run_dict(r) for r in db.execute(query + " ORDER BY created, id", args)]
 
+    def has_queued(self, executor: str = "local", scheduler: str | None = None) -> bool:
+        """Whether any run of (`executor`, `scheduler`) waits: what a server asks on every tick (one indexed row)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM runs WHERE status = 'queued' AND executor = ? AND scheduler IS ? LIMIT 1",
+                (executor, scheduler),
+            ).fetchone()
+        return row is not None
+
     def claim_next(self, pid: int, executor: str = "local", scheduler: str | None = None) -> dict[str, Any] | None:
         """Atomically move the oldest queued run of (`executor`, `scheduler`) to running under `pid` (FIFO);
         None if none."""
