@@ -14,6 +14,7 @@ from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
 from snows_core.reconstruct import list_reconstructions
 from snows_core.runs import RunSpec
+from snows_core.runs.door import check_runnable
 from snows_core.runs.executor import reusable_run
 from snows_core.runs.sweep import grid_specs, submit_all
 
@@ -173,8 +174,9 @@ def build_specs() -> list[RunSpec]:
 
 @st.cache_data(show_spinner="Checking the model and data...")
 def checked_inputs(spec: str) -> None:
-    """RunSpec.check_inputs, remembered per spec (a failure is not cached, so a fixed input passes)."""
-    RunSpec.from_dict(json.loads(spec)).check_inputs()
+    """The door's device, model, checkpoint and data checks, remembered per spec (a failure is not cached,
+    so a fixed input passes); memory is the forecast's business below."""
+    check_runnable(RunSpec.from_dict(json.loads(spec)))
 
 
 @st.cache_data(show_spinner="Probing the model (one forward pass)...")

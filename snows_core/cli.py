@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snows_core import catalog
 from snows_core.config import PruneConfig
 from snows_core.events import Event
 from snows_core.runs import RunSpec, RunStore
@@ -24,13 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["main", "add_model_arguments", "add_config_arguments", "config_from_args", "layer_table"]
 
 
-STORE_COMMANDS = ("status", "cancel", "list", "export", "import")  # they read the store alone: no torch import
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(run_commands=not argv or argv[0] not in STORE_COMMANDS)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         return args.command(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
@@ -38,13 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _parser(run_commands: bool = True) -> argparse.ArgumentParser:
-    """The command line; without `run_commands` only the store's commands (built without importing torch:
-    their help and checks need no model or dataset registry)."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line, built without importing torch (names come from the catalog snapshot): the store's
+    commands and `submit` stay light."""
     parser = argparse.ArgumentParser(prog="python -m snows_core", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    if run_commands:
-        _add_run_commands(commands)
+    _add_run_commands(commands)
     _add_store_commands(commands)
     return parser
 
@@ -65,7 +61,12 @@ def _add_run_commands(commands: argparse._SubParsersAction) -> None:
         queue.set_defaults(command=command)
         add_model_arguments(queue)
         add_run_arguments(queue)
-        queue.add_argument("--force", action="store_true", help="recompute even if an identical run is done")
+        queue.add_argument(
+            "--force",
+            action="store_true",
+            help="recompute even if an identical run is done, and queue it even if the memory forecast says it "
+            "will not fit",
+        )
         queue.add_argument("--executor", choices=list_backends(), default="local", help="where runs compute")
         queue.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
         add_config_arguments(queue, grid=grid)
@@ -105,14 +106,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """What to prune and on which data: --model, --checkpoint, --dataset, --data-root."""
-    from snows_core.data import list_datasets
-    from snows_core.models import list_models
-
-    parser.add_argument(
-        "--model", default="resnet20", help=f"{', '.join(list_models())}, or timm:NAME/torchvision:NAME"
-    )
+    models, datasets = ", ".join(catalog.names("model")), ", ".join(catalog.names("dataset"))
+    parser.add_argument("--model", default="resnet20", help=f"{models}, or timm:NAME/torchvision:NAME")
     parser.add_argument("--checkpoint", default=None, help="weights to load instead of the shipped ones")
-    parser.add_argument("--dataset", default=None, help=f"{', '.join(list_datasets())} (default: the model's own)")
+    parser.add_argument("--dataset", default=None, help=f"{datasets} (default: the model's own)")
     parser.add_argument("--data-root", default=None, help="where the dataset is: an .npz file or a folder")
 
 
@@ -179,10 +176,11 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
 def _prune(args: argparse.Namespace) -> int:
     """The spec the flags name, run in this process by the same pipeline as queued runs."""
+    from snows_core.runs.door import check_runnable
     from snows_core.runs.pipeline import run_spec
 
     spec = _run_spec(args)
-    spec.check_inputs()
+    check_runnable(spec)
     with ProgressBar() as bar:
         result, summary = run_spec(spec, bar)
     print(layer_table(result))

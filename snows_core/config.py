@@ -20,6 +20,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from snows_core import catalog
+
 SCHEMA_VERSION = 2  # 2: newton_steps became newton_passes
 
 PATTERNS_HELP = '"unstructured" or "N:M" with 0 < N <= M, such as "2:4"'
@@ -115,9 +117,6 @@ class PruneConfig:
         self._check()
 
     def _check(self) -> None:
-        from snows_core.masks import get_mask_method, list_allocations, list_mask_methods
-        from snows_core.reconstruct import list_reconstructions
-
         nm = parse_nm(self.pattern)
         _require_number("sparsity", self.sparsity, "a number in [0, 1)")
         if not 0.0 <= self.sparsity < 1.0:
@@ -127,14 +126,14 @@ class PruneConfig:
                 f"sparsity {self.sparsity} does not match pattern {self.pattern!r}, "
                 f"which zeroes {1 - nm[0] / nm[1]:g}: omit sparsity or set it to 1 - N/M"
             )
-        _require_choice("allocation", self.allocation, list_allocations())
+        _require_choice("allocation", self.allocation, catalog.names("allocation"))
         if nm is not None and self.allocation != "uniform":
             raise ValueError('allocation must be "uniform" with an N:M pattern (every layer holds N of each M)')
         _require_number("layer_sparsity_cap", self.layer_sparsity_cap, "a number in (0, 1)")
         if not 0.0 < self.layer_sparsity_cap < 1.0 or self.layer_sparsity_cap < self.sparsity:
             raise ValueError(f"layer_sparsity_cap must be in [sparsity, 1); got {self.layer_sparsity_cap}")
-        _require_choice("mask", self.mask, list_mask_methods())
-        _require_choice("reconstruction", self.reconstruction, list_reconstructions())
+        _require_choice("mask", self.mask, catalog.names("mask"))
+        _require_choice("reconstruction", self.reconstruction, catalog.names("reconstruction"))
         _require_choice("curvature", self.curvature, CURVATURES)
         _require_choice("targets", self.targets, TARGETS)
         for name in ("k", "n_calib", "batch_size", "newton_passes", "cg_iters", "stages", "seed"):
@@ -146,7 +145,7 @@ class PruneConfig:
             _require_number(name, getattr(self, name), "a number >= 0")
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
-        if self.stages > 1 and get_mask_method(self.mask).user_supplied:
+        if self.stages > 1 and catalog.entry("mask", self.mask)["user_supplied"]:
             raise ValueError(
                 f"stages must be 1 with mask {self.mask!r}: its masks are fixed, there is nothing to re-choose"
             )

@@ -14,7 +14,6 @@ optionally its first `n` images for quick previews.
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from snows_core.datafiles import FASHION_MNIST_DIR, SPLITS, fashion_mnist_files, npz_split_shape, read_idx
 from snows_core.registry import Registry
 
 __all__ = [
@@ -48,8 +48,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -140,29 +138,19 @@ def load_npz(path: str | Path, split: str = "train") -> tuple[torch.Tensor, torc
 
 
 def _npz_dataset(path: Path, split: str) -> ImageTensorDataset:
-    if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+    npz_split_shape(path, split)  # the members are there and the images uint8 NCHW
     with np.load(path) as arrays:
-        missing = {f"{split}_x", f"{split}_y"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"{path} lacks {sorted(missing)}; it holds {sorted(arrays.files)}")
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{path}: {split}_x must be uint8 (N, C, H, W); got {x.dtype} {x.shape}")
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if x.shape[1] == 3 else (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return ImageTensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), mean, std)
 
 
 @register_dataset("fashion-mnist", num_classes=10, summary="Zalando Fashion-MNIST, 28x28 grey, 60k/10k")
 def fashion_mnist(split: str, root: Path | None) -> ImageTensorDataset:
-    folder = root or FASHION_MNIST_DIR
-    prefix = "train" if split == "train" else "t10k"
-    images_file, labels_file = folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz"
+    images_file, labels_file = fashion_mnist_files(split, root)
     if images_file.is_file() and labels_file.is_file():
-        images = torch.from_numpy(_read_idx(images_file)).unsqueeze(1)  # (N, 1, 28, 28)
-        labels = torch.from_numpy(_read_idx(labels_file).astype(np.int64))
+        images = torch.from_numpy(read_idx(images_file)).unsqueeze(1)  # (N, 1, 28, 28)
+        labels = torch.from_numpy(read_idx(labels_file).astype(np.int64))
         return ImageTensorDataset(images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return _torchvision_fallback(
         "FashionMNIST",
@@ -170,7 +158,7 @@ def fashion_mnist(split: str, root: Path | None) -> ImageTensorDataset:
         root,
         FASHION_MNIST_MEAN,
         FASHION_MNIST_STD,
-        hint=f"no Fashion-MNIST files in {folder}: run `apt-get install -y "
+        hint=f"no Fashion-MNIST files in {root or FASHION_MNIST_DIR}: run `apt-get install -y "
         "dataset-fashion-mnist` (Debian), or pass root= a folder holding the idx .gz files",
     )
 
@@ -209,15 +197,6 @@ def image_folder(
         ]
     )
     return datasets.ImageFolder(str(folder), transform=transform)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """An idx file (the MNIST format): big-endian dims after a 4-byte magic, then uint8 data."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
 def _torchvision_fallback(

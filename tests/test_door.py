@@ -11,9 +11,11 @@ from snows_core.cli import main
 from snows_core.models import create_model
 from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.executor import submit
+from snows_core.runs.process import exclusive
 from snows_core.runs.sweep import submit_all
 
 QUICK = ["--model", "mlp", "--sparsity", "0.5", "--k", "1", "--n-calib", "64"]
+HUGE = ["--model", "resnet20", "--n-calib", "60000", "--batch-size", "60000"]  # a forecast peak of ~170 GiB
 
 
 class Payload:
@@ -46,6 +48,8 @@ def checkpoints(folder) -> dict[str, str]:
         ("submit", ["--checkpoint", "{code}"], "cannot read checkpoint"),
         ("submit", ["--checkpoint", "{shape}"], "shape"),
         ("submit", ["--checkpoint", "{missing}"], "does not exist"),
+        ("submit", HUGE, "memory: the forecast peak is"),
+        ("sweep", ["--model", "resnet20", "--n-calib", "64,60000", "--batch-size", "60000"], "pass --force"),
     ],
 )
 def test_a_run_that_cannot_start_here_is_refused_at_the_door(home, tmp_path, capsys, command, flags, message):
@@ -74,3 +78,28 @@ def test_the_python_api_checks_inputs_too(home):
     with pytest.raises(ValueError, match="n_calib is 1000000"):
         submit_all(store, [fine, spec])
     assert store.list() == []
+
+
+def test_force_queues_a_run_the_memory_forecast_refuses(home, capsys):
+    with exclusive(home / "dispatcher.lock") as held:  # stands for a busy dispatcher: nothing starts the run
+        assert held
+        assert main(["submit", *QUICK, *HUGE]) == 2 and RunStore(home).list() == []
+        assert "--force" in capsys.readouterr().err
+        assert main(["submit", *QUICK, *HUGE, "--force"]) == 0
+        (run,) = RunStore(home).list()
+        assert run["status"] == "queued" and run["spec"]["config"]["n_calib"] == 60000
+        RunStore(home).request_cancel(run["id"])
+
+
+def test_the_python_api_checks_memory_unless_forced(home):
+    store = RunStore(home)
+    spec = RunSpec(model="resnet20", config=PruneConfig(n_calib=60000, batch_size=60000))
+    with pytest.raises(ValueError, match="memory: the forecast peak"):
+        submit(store, spec)
+    with pytest.raises(ValueError, match="memory: the forecast peak"):
+        submit_all(store, [RunSpec(model="mlp", config=PruneConfig(n_calib=64)), spec])
+    assert store.list() == []
+    with exclusive(home / "dispatcher.lock"):
+        run = submit(store, spec, force=True)
+        assert store.get(run)["status"] == "queued"
+        store.request_cancel(run)

@@ -110,3 +110,36 @@ def test_a_reader_of_a_store_with_queued_runs_and_a_live_dispatcher_imports_no_t
         assert held
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.splitlines()[-1] == "False"
+
+
+def test_submit_and_sweep_pass_the_door_without_importing_torch(tmp_path):
+    """The door reads names, shapes and footprints from the catalog, dataset sizes from file headers."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from snows_core.models import create_model
+    from snows_core.runs import RunStore
+    from snows_core.runs.process import exclusive
+
+    weights = create_model("resnet20").state_dict()
+    torch.save(weights, tmp_path / "zip.pt")
+    torch.save({"state_dict": weights}, tmp_path / "legacy.th", _use_new_zipfile_serialization=False)
+    quick = "'--model', 'resnet20', '--n-calib', '64'"
+    code = (
+        "import sys; from snows_core.cli import main; "
+        f"codes = [main(['submit', {quick}]), main(['sweep', {quick}, '--k', '1,2']), "
+        f"main(['submit', {quick}, '--n-calib', '60000', '--batch-size', '60000']), "
+        f"main(['submit', {quick}, '--checkpoint', '{tmp_path / 'zip.pt'}']), "
+        f"main(['submit', {quick}, '--checkpoint', '{tmp_path / 'legacy.th'}'])]; "
+        "print(codes, 'torch' in sys.modules)"
+    )
+    env = dict(os.environ, SNOWS_HOME=str(tmp_path))
+    with exclusive(tmp_path / "dispatcher.lock") as held:  # stands for the live dispatcher
+        assert held
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.splitlines()[-1] == "[0, 0, 2, 0, 0] False", out.stderr
+    assert "memory: the forecast peak" in out.stderr
+    assert [run["spec"]["config"]["k"] for run in RunStore(tmp_path).list()] == [3, 1, 2, 3, 3]

@@ -3,8 +3,9 @@
 Two sources, best first:
 1. past runs on this machine: done runs of the same model, dataset, reconstruction, K, calibration size,
    Newton passes and CG iterations; their median seconds and largest peak memory;
-2. a probe: one timed forward pass of the model on a calibration-sized batch, with the activation
-   sizes of its layers, turned into seconds by counting dense-forward equivalents (DFE) per layer,
+2. a probe: the model's footprint from the catalog (activation sizes, parameters, pruned layers; the
+   door's memory rule, `runs.door.peak_bytes`) and one timed forward pass on a calibration-sized batch,
+   turned into seconds by counting dense-forward equivalents (DFE) per layer,
    fitted end to end on the zoo's ResNet-20 (bench_queue.py sweep: 7-13 s of pruning at K 0-3): a
    Newton step costs about 2 window forwards per CG iteration plus 4 for the line search, and a window
    spans about (K + 2) / layers of the network; every stage repeats the loop, and a sensitivity scan
@@ -17,40 +18,36 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from snows_core.catalog import Footprint
 from snows_core.config import PruneConfig, upgrade_config_dict
-from snows_core.lookahead import trace
-from snows_core.models import create_model, model_info
-from snows_core.prune import default_layers, resolve_device
+from snows_core.models import create_model, input_size
+from snows_core.prune import resolve_device
+from snows_core.runs.door import MemoryFit, available_memory, model_footprint, peak_bytes
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
 from snows_core.sensitivity import scan_sparsities
 
-__all__ = ["Forecast", "Probe", "probe", "forecast", "available_memory"]
+__all__ = ["Forecast", "Probe", "probe", "forecast"]
 
 STARTUP_SECONDS = 4.0  # spawn a worker, import torch, load data (bench_queue.py: first event 3.9-4.3 s after submit)
-TORCH_BASE_BYTES = 1 << 30  # a CPU worker's resident size before any tensor (torch itself)
 HVP_FORWARDS = 2.0
 LINE_SEARCH_FORWARDS = 4.0
-FIT_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
-class Probe:
-    """What one forward pass tells about a model: seconds per image, activation bytes, pruned layers."""
+class Probe(Footprint):
+    """A model's footprint (the catalog's) and the seconds per image of a timed forward pass here."""
 
     seconds_per_image: float
-    activation_bytes_per_image: int  # all layer outputs of one image
-    largest_activation_per_image: int
-    param_bytes: int
-    layers: int
 
 
 @dataclass(frozen=True)
 class Forecast:
+    """Seconds and peak memory of a run, and what they were estimated from."""
+
     seconds: float
     peak_bytes: int
     available_bytes: int
@@ -58,7 +55,8 @@ class Forecast:
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes < FIT_FRACTION * self.available_bytes
+        """The door's rule (`door.MemoryFit`), so what the page shows as fitting is what the door queues."""
+        return MemoryFit(self.peak_bytes, self.available_bytes).fits
 
     def message(self) -> str:
         gib = 2**30
@@ -72,26 +70,11 @@ def probe(model: str, batch: int = 64, device: str = "auto") -> Probe:
     """Time one forward pass of `model` (random weights: the cost does not depend on them) on `batch` images."""
     target = resolve_device(device)
     network = create_model(model, pretrained=False).to(target)
-    shape = model_info(model).input_size if ":" not in model else (3, 224, 224)
-    x = torch.randn(batch, *shape, device=target)  # (B, C, H, W)
-    sizes: list[int] = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
-        for m in network.modules()
-        if not list(m.children())
-    ]
+    x = torch.randn(batch, *input_size(model), device=target)  # (B, C, H, W)
     with torch.no_grad():
-        network(x)  # warm-up, and the activation sizes
-        for h in hooks:
-            h.remove()
+        network(x)  # warm-up
         seconds = min(_timed(network, x) for _ in range(3))
-    return Probe(
-        seconds_per_image=seconds / batch,
-        activation_bytes_per_image=sum(sizes) // batch,
-        largest_activation_per_image=max(sizes, default=0) // batch,
-        param_bytes=sum(p.numel() * p.element_size() for p in network.parameters()),
-        layers=len(default_layers(trace(network))),
-    )
+    return Probe(**vars(model_footprint(model)), seconds_per_image=seconds / batch)
 
 
 def _timed(network: torch.nn.Module, x: torch.Tensor) -> float:
@@ -102,17 +85,18 @@ def _timed(network: torch.nn.Module, x: torch.Tensor) -> float:
 
 def forecast(spec: RunSpec, probed: Probe, store: RunStore | None = None) -> Forecast:
     """Seconds and peak memory of `spec`, from past runs on this machine when there are some, else the probe."""
-    device = resolve_device(spec.config.device)
+    device = resolve_device(spec.config.device).type
     available = available_memory(device)
+    estimated = peak_bytes(spec.config, probed, device)
     past = _past_runs(spec, store) if store is not None else []
     if past:
         return Forecast(
             statistics.median(r["seconds"] for r in past),
-            max(int(r.get("peak_mem") or 0) for r in past) or _peak_bytes(spec, probed),
+            max(int(r.get("peak_mem") or 0) for r in past) or estimated,
             available,
             f"median of {len(past)} past run{'s' if len(past) > 1 else ''} on this machine",
         )
-    return Forecast(_seconds(spec, probed), _peak_bytes(spec, probed), available, "estimated from a probe")
+    return Forecast(_seconds(spec, probed), estimated, available, "estimated from a probe")
 
 
 def _seconds(spec: RunSpec, p: Probe) -> float:
@@ -127,14 +111,6 @@ def _seconds(spec: RunSpec, p: Probe) -> float:
     scan = len(scan_sparsities(c.layer_sparsity_cap)) * 1.5 if c.allocation == "sensitivity" else 0.0
     evals = (3 + (2 * p.layers if spec.trajectory else 0)) * p.seconds_per_image * (spec.eval_size or 10_000)
     return STARTUP_SECONDS + p.layers * (c.stages * per_layer + scan) * dense_forward + evals
-
-
-def _peak_bytes(spec: RunSpec, p: Probe) -> int:
-    c = spec.config
-    cached = 6 * p.largest_activation_per_image * c.n_calib  # the dense and pruned paths' live values
-    graph = 2 * p.activation_bytes_per_image * min(c.batch_size, c.n_calib)  # one batch's window with its backward
-    base = TORCH_BASE_BYTES if resolve_device(c.device).type == "cpu" else 0
-    return int(base + 4 * p.param_bytes + cached + graph)
 
 
 def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
@@ -162,14 +138,3 @@ def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
         if same and all(config[key] == value for key, value in wanted.items()) and "seconds" in result:
             matches.append(result)
     return matches
-
-
-def available_memory(device: torch.device | str = "cpu") -> int:
-    """Free bytes where the run will compute: GPU memory on CUDA, else MemAvailable of this machine."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 8 << 30

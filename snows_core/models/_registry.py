@@ -18,7 +18,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from snows_core.models.checkpoint import first_line, load_weights
+from snows_core.catalog import ASSETS, HUBS, default_dataset
+from snows_core.checkpoint import first_line, load_weights
 from snows_core.registry import Registry
 
 __all__ = [
@@ -30,10 +31,10 @@ __all__ = [
     "list_models",
     "model_info",
     "default_dataset",
+    "input_size",
 ]
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-HUBS = ("timm", "torchvision")
+HUB_INPUT_SIZE = (3, 224, 224)
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,9 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS.get(name)
 
 
-def default_dataset(name: str) -> str:
-    """The dataset a model is pruned and scored on unless told otherwise: its own, or an image folder for hub names."""
-    hub, _, hub_name = name.partition(":")
-    if hub in HUBS and hub_name:
-        return "imagefolder"
-    return model_info(name).dataset
+def input_size(name: str) -> tuple[int, int, int]:
+    """The (C, H, W) a model takes: its registered size, or ImageNet's 224 x 224 RGB for hub names."""
+    return HUB_INPUT_SIZE if ":" in name else model_info(name).input_size
 
 
 def list_models(pattern: str = "*") -> list[str]:

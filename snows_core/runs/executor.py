@@ -103,13 +103,14 @@ def submit(
 ) -> str:
     """Queue `spec` (or reuse a run that ended done with the same spec and version) and return the run id.
 
-    The spec's inputs are checked first (`RunSpec.check_inputs`; `checked=True` when the caller already
-    did, as `submit_all` does once per distinct input). `executor` names the backend (`list_backends()`);
+    The spec passes the door first (`RunSpec.check_inputs`: its inputs, and its memory forecast unless
+    `force`; `checked=True` when the caller already did, as `submit_all` does). `force` also recomputes a
+    spec that already ended done. `executor` names the backend (`list_backends()`);
     whether its scheduler answers is the caller's check (`check_backend`), made once for a whole sweep.
     """
     backend = check_backend(executor, scheduler, reach=False)
     if not checked:
-        spec.check_inputs()
+        spec.check_inputs(force=force)
     if not force:
         done = reusable_run(store, spec)
         if done is not None:

@@ -11,9 +11,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from snows_core import catalog
 from snows_core.config import PruneConfig, pop_schema_version
 
 __all__ = ["RunSpec", "SPEC_SCHEMA_VERSION"]
@@ -44,21 +44,20 @@ class RunSpec:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
-        from snows_core.data import list_datasets
-        from snows_core.models import default_dataset, model_info
-
         if not isinstance(self.config, PruneConfig):
             raise ValueError(f"config must be a PruneConfig; got {type(self.config).__name__}")
         if self.config.reconstruction != "snows" and self.config.k != 0:
             # K only matters to SNOWS: one spelling per piece of work, so every entry point hashes it alike
             object.__setattr__(self, "config", dataclasses.replace(self.config, k=0))
-        hub, _, name = self.model.partition(":") if isinstance(self.model, str) else ("", "", "")
-        if not (hub in ("timm", "torchvision") and name):
-            model_info(self.model)  # raises ValueError naming "model" and the known names
+        if not isinstance(self.model, str):
+            raise ValueError(f"model must be a name; got {self.model!r}")
+        if catalog.hub_of(self.model) is None:
+            catalog.entry("model", self.model)  # raises ValueError naming "model" and the known names
         if self.dataset is None:
-            object.__setattr__(self, "dataset", default_dataset(self.model))
-        if self.dataset not in list_datasets():
-            raise ValueError(f"dataset must be one of {', '.join(map(repr, list_datasets()))}; got {self.dataset!r}")
+            object.__setattr__(self, "dataset", catalog.default_dataset(self.model))
+        datasets = catalog.names("dataset")
+        if self.dataset not in datasets:
+            raise ValueError(f"dataset must be one of {', '.join(map(repr, datasets))}; got {self.dataset!r}")
         if self.eval_size is not None and (
             isinstance(self.eval_size, bool) or not isinstance(self.eval_size, int) or self.eval_size < 1
         ):
@@ -66,30 +65,16 @@ class RunSpec:
         if not isinstance(self.trajectory, bool):
             raise ValueError(f"trajectory must be true or false; got {self.trajectory!r}")
 
-    def check_inputs(self) -> None:
-        """Refuse, before anything is stored, a run that cannot start on this machine: a device it does not
-        have, a hub model it cannot build, a checkpoint that is not weights of this architecture (read
-        weights-only, keys and shapes checked), shipped weights that are missing, data that is not there
-        or smaller than the calibration sample."""
-        from snows_core.data import load_dataset
-        from snows_core.models import check_hub_name, create_model, model_info
-        from snows_core.prune import resolve_device
+    def check_inputs(self, *, force: bool = False) -> None:
+        """Refuse, before anything is stored, a run that cannot start here or whose memory forecast does not
+        fit (unless `force`): see `snows_core.runs.door`."""
+        from snows_core.runs.door import check_inputs
 
-        resolve_device(self.config.device)
-        check_hub_name(self.model)
-        if self.checkpoint is not None:
-            if not Path(self.checkpoint).is_file():
-                raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist")
-            create_model(self.model, pretrained=False, checkpoint=self.checkpoint)  # raises naming the bad key
-        elif ":" not in self.model and model_info(self.model).weights is None:
-            hint = model_info(self.model).checkpoint_hint
-            raise ValueError(f"model {self.model} ships no weights: give a checkpoint. {hint}".strip())
-        train = load_dataset(self.dataset, "train", self.data_root)  # raises naming what to install or where
-        if self.config.n_calib > len(train):
-            raise ValueError(f"n_calib is {self.config.n_calib} but the {self.dataset} train split holds {len(train)}")
+        check_inputs(self, force=force)
 
     def inputs_key(self) -> tuple[Any, ...]:
-        """What `check_inputs` reads: specs with equal keys pass or fail it together (a sweep checks one each)."""
+        """What `door.check_runnable` reads: specs with equal keys pass or fail it together (a sweep checks one
+        each; the memory forecast is checked for every spec)."""
         c = self.config
         return (self.model, self.checkpoint, self.dataset, self.data_root, c.n_calib, c.device)
 

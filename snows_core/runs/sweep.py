@@ -45,12 +45,15 @@ def submit_all(
     scheduler: str | None = None,
 ) -> tuple[str | None, list[str]]:
     """Queue `specs` (one sweep id when there are several) and return (sweep id, run ids in order). Every
-    spec's inputs are checked (once per distinct input) before any is stored: a bad value anywhere on a
-    swept axis stores nothing."""
+    spec passes the door before any is stored (its inputs once per distinct input, its memory forecast
+    unless `force`): a bad value anywhere on a swept axis stores nothing."""
+    from snows_core.runs.door import check_memory, check_runnable
     from snows_core.runs.executor import submit
 
     for spec in {spec.inputs_key(): spec for spec in specs}.values():
-        spec.check_inputs()
+        check_runnable(spec)
+    for spec in specs if not force else ():
+        check_memory(spec)
     group = sweep_id(specs) if len(specs) > 1 else None
     return group, [
         submit(store, spec, force=force, sweep_id=group, executor=executor, scheduler=scheduler, checked=True)
