@@ -7,7 +7,16 @@ import streamlit as st
 
 from pages.common import ACTIVE, REFRESH_SECONDS, empty_state, percent, runs, store
 from snows_core.dashboard import charts
-from snows_core.dashboard.frames import allocation_frame, layers_frame, scan_frame, steps_frame, trajectory_frame
+from snows_core.dashboard.frames import (
+    allocation_frame,
+    cg_frame,
+    convergence_frame,
+    layers_frame,
+    line_search_frame,
+    scan_frame,
+    steps_frame,
+    trajectory_frame,
+)
 from snows_core.runs import RunStatus
 
 st.title("Run detail")
@@ -84,10 +93,7 @@ def body(row: pd.Series) -> None:
     solve, per_layer, allocation, through = st.tabs(["Newton-CG solve", "Per layer", "Allocation", "Trajectory"])
     with solve:
         if not steps.empty:
-            st.plotly_chart(charts.loss_curves(steps), key="loss_curves")
-            left, right = st.columns(2)
-            left.plotly_chart(charts.cg_iterations(steps), key="cg")
-            right.plotly_chart(charts.step_sizes(steps), key="steps")
+            newton_solve(steps, events)
         else:
             st.caption("This reconstruction takes no Newton steps (none or lstsq).")
     with per_layer:
@@ -121,6 +127,34 @@ def body(row: pd.Series) -> None:
             st.caption("Not recorded for this run: tick *Record the accuracy trajectory* when launching.")
         else:
             st.plotly_chart(charts.trajectory(points, row["top1_dense"]), key="trajectory")
+
+
+def newton_solve(steps: pd.DataFrame, events: list[dict]) -> None:
+    """Loss per Newton step and along CG iterations; inside one layer's steps, the CG residuals and the
+    line-search trials; why every CG solve stopped."""
+    left, right = st.columns(2)
+    left.plotly_chart(charts.loss_curves(steps), key="loss_curves")
+    right.plotly_chart(charts.loss_vs_cg(convergence_frame(steps)), key="loss_vs_cg")
+    cg = cg_frame(events)
+    if cg.empty:
+        st.caption("This run predates the solver's trace: no CG residuals or line-search trials were recorded.")
+    else:
+        layers = list(dict.fromkeys(steps.sort_values(["index", "stage", "step"])["layer"]))
+        layer = st.selectbox("Layer", layers, key="solve_layer", help="Whose CG solves and line searches to draw")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.cg_residuals(cg, layer), key="cg_residuals")
+        right.plotly_chart(charts.line_search_trials(line_search_frame(events), layer), key="line_search")
+        st.caption(
+            "Each CG solve starts at residual 1 (d = 0) and stops at the tolerance, at the iteration cap, or on "
+            "negative curvature; hover a point for the quadratic model's predicted decrease. The line search "
+            "tries alpha = 1, 0.9, 0.81, ... until the loss falls enough (filled: accepted)."
+        )
+    left, right = st.columns(2)
+    if steps["cg_stop"].notna().any():
+        left.plotly_chart(charts.cg_stops(steps), key="cg_stops")
+    else:
+        left.plotly_chart(charts.cg_iterations(steps), key="cg")
+    right.plotly_chart(charts.step_sizes(steps), key="steps")
 
 
 @st.fragment(run_every=REFRESH_SECONDS if by_id.loc[run_id, "status"] in ACTIVE else None)

@@ -78,6 +78,13 @@ class LayerStarted(Event):
 
 @dataclass(frozen=True)
 class NewtonStep(Event):
+    """One Newton step of a layer: the loss before and after, and the trace of its CG solve and line search.
+
+    `cg_trace` holds [iteration, relative residual, model decrease] rows (every iteration up to
+    `solver.TRACE_POINTS`, evenly thinned beyond, the last always kept); `cg_stop` is one of
+    `solver.CG_STOPS`; `line_search` holds the Armijo trials as [alpha, loss, accepted (1 or 0)].
+    """
+
     kind: ClassVar[str] = "newton_step"
     layer: str = ""
     step: int = 0
@@ -88,6 +95,9 @@ class NewtonStep(Event):
     step_size: float = 0.0
     seconds: float = 0.0
     stage: int = 1
+    cg_stop: str = ""
+    cg_trace: list[list[float]] = field(default_factory=list)
+    line_search: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

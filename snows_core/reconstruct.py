@@ -41,7 +41,10 @@ from snows_core.events import EventSink, NewtonStep
 from snows_core.lookahead import PrunedPath, Window, build_window
 from snows_core.registry import Registry
 from snows_core.solver import (
+    CGResult,
+    LineSearch,
     armijo_backtracking,
+    cg_trace,
     conjugate_gradient,
     exact_curvature,
     gauss_newton_curvature,
@@ -294,11 +297,24 @@ def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: Ev
         for batch in problem.batches(torch.randperm(n_batches, generator=generator)):
             tic = time.perf_counter()
             curvature_batch = _curvature_batch(batch, cfg.curvature_fraction, generator)
-            free, cg_iters, alpha, loss, new_loss, residual = _newton_step(
-                problem, cfg, curvature, free, batch, curvature_batch
+            free, loss, cg, search = _newton_step(problem, cfg, curvature, free, batch, curvature_batch)
+            new_loss = search.loss
+            steps, cg_total = steps + 1, cg_total + cg.iters
+            emit(
+                NewtonStep(
+                    problem.name,
+                    steps,
+                    loss,
+                    new_loss,
+                    cg.iters,
+                    cg.residual,
+                    search.alpha,
+                    time.perf_counter() - tic,
+                    cg_stop=cg.stop,
+                    cg_trace=cg_trace(cg),
+                    line_search=[[float(f"{a:.4g}"), float(f"{v:.6g}"), int(ok)] for a, v, ok in search.trials],
+                )
             )
-            steps, cg_total = steps + 1, cg_total + cg_iters
-            emit(NewtonStep(problem.name, steps, loss, new_loss, cg_iters, residual, alpha, time.perf_counter() - tic))
             stalled = stalled + 1 if loss - new_loss < STALL_IMPROVEMENT * loss else 0
             if stalled >= STALL_STEPS:
                 break
@@ -319,9 +335,10 @@ def _newton_step(
     free: torch.Tensor,
     batch: slice,
     curvature_batch: slice | torch.Tensor,
-) -> tuple[torch.Tensor, int, float, float, float, float]:
+) -> tuple[torch.Tensor, float, CGResult, LineSearch]:
     """One Newton step on `batch`: gradient there, curvature products on `curvature_batch` (the batch
-    itself, or a sub-sample of its images: Martens 2010), CG for the direction, Armijo for the step."""
+    itself, or a sub-sample of its images: Martens 2010), CG for the direction, Armijo for the step.
+    Returns the new free weights, the loss before, the CG solve and the line search."""
     curv = curvature(
         lambda w: problem.taps(problem.weight_of(w), curvature_batch),
         [t[curvature_batch] for t in problem.reference],
@@ -342,12 +359,12 @@ def _newton_step(
         relative=cfg.targets != "official",
     )
     direction = cg.x.detach()
-    alpha, new_loss = armijo_backtracking(
+    search = armijo_backtracking(
         lambda a: problem.batch_loss(problem.weight_of(free + a * direction), batch),
         loss,
         grad.dot(direction).item(),
     )
-    return free + alpha * direction, cg.iters, alpha, loss, new_loss, cg.residual
+    return free + search.alpha * direction, loss, cg, search
 
 
 def _curvature_batch(batch: slice, fraction: float, generator: torch.Generator) -> slice | torch.Tensor:

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "CGResult",
+    "CG_STOPS",
+    "TRACE_POINTS",
+    "cg_trace",
+    "LineSearch",
     "Curvature",
     "conjugate_gradient",
     "armijo_backtracking",
@@ -41,13 +46,41 @@ __all__ = [
 Taps = Sequence[torch.Tensor]
 
 
+CG_STOPS = ("tolerance", "cap", "negative curvature", "zero gradient")  # why a CG solve ended
+TRACE_POINTS = 64  # CG iterations a Newton step's event keeps (a 500-iteration official solve is thinned)
+
+
 @dataclass
 class CGResult:
-    """Solution of (A + damping I) x = b; `residual` is ||b - (A + damping I) x|| / ||b||."""
+    """Solution of (A + damping I) x = b; `residual` is ||b - (A + damping I) x|| / ||b||.
+
+    The trace of the solve, one entry per iteration k = 1..iters: `residuals` (relative, as `residual`)
+    and `decrease`, how far the quadratic model m(x) = x'(A + damping I)x / 2 - b'x has fallen from
+    m(0) = 0 (a Newton step's predicted loss decrease); `stop` is one of CG_STOPS.
+    """
 
     x: torch.Tensor
     iters: int
     residual: float
+    residuals: list[float] = field(default_factory=list)
+    decrease: list[float] = field(default_factory=list)
+    stop: str = "cap"
+
+
+def cg_trace(result: CGResult, points: int = TRACE_POINTS) -> list[list[float]]:
+    """[iteration, residual, decrease] rows of a solve, 4 significant digits, at most `points` of them
+    (evenly spaced, the last iteration always kept)."""
+    n = len(result.residuals)
+    keep = range(n) if n <= points else sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
+    return [[i + 1, float(f"{result.residuals[i]:.4g}"), float(f"{result.decrease[i]:.4g}")] for i in keep]
+
+
+class LineSearch(NamedTuple):
+    """The accepted step (0 when none passed), the loss there, and every trial as (alpha, loss, accepted)."""
+
+    alpha: float
+    loss: float
+    trials: list[tuple[float, float, bool]]
 
 
 @dataclass
@@ -83,24 +116,28 @@ def conjugate_gradient(
     r, p = b.clone(), b.clone()
     b_norm = b.norm().item()
     if b_norm == 0.0:
-        return CGResult(x, 0, 0.0)
-    stop = tol * b_norm if relative else tol
+        return CGResult(x, 0, 0.0, stop="zero gradient")
+    threshold = tol * b_norm if relative else tol
     rs = r.dot(r)
-    iters = 0
+    residuals: list[float] = []
+    decrease: list[float] = []
     for iters in range(1, max_iters + 1):
         ap = hvp(p) + damping * p
         curvature = p.dot(ap)
         if curvature <= 0:
-            return CGResult(b.clone() if iters == 1 else x, iters, r.norm().item() / b_norm)
+            x = b.clone() if iters == 1 else x
+            return CGResult(x, iters, r.norm().item() / b_norm, residuals, decrease, "negative curvature")
         alpha = rs / curvature
         x.add_(alpha * p)
         r.sub_(alpha * ap)
         rs_new = r.dot(r)
-        if rs_new.sqrt().item() <= stop:
-            break
+        residuals.append(rs_new.sqrt().item() / b_norm)
+        decrease.append(0.5 * x.dot(b + r).item())  # m(0) - m(x), as r = b - (A + damping I) x
+        if residuals[-1] * b_norm <= threshold:
+            return CGResult(x, iters, residuals[-1], residuals, decrease, "tolerance")
         p = r + (rs_new / rs) * p
         rs = rs_new
-    return CGResult(x, iters, r.norm().item() / b_norm)
+    return CGResult(x, max_iters, r.norm().item() / b_norm, residuals, decrease, "cap")
 
 
 def armijo_backtracking(
@@ -112,15 +149,17 @@ def armijo_backtracking(
     shrink: float = 0.9,
     c: float = 1e-5,
     max_tries: int = 50,
-) -> tuple[float, float]:
-    """Largest alpha0 * shrink^i with loss_at(alpha) <= loss0 + c alpha slope; (0, loss0) if none passes."""
-    alpha = alpha0
+) -> LineSearch:
+    """Largest alpha0 * shrink^i with loss_at(alpha) <= loss0 + c alpha slope; alpha 0 and loss0 if none passes."""
+    alpha, trials = alpha0, []
     for _ in range(max_tries):
         loss = loss_at(alpha)
-        if loss <= loss0 + c * alpha * slope:
-            return alpha, loss
+        accepted = loss <= loss0 + c * alpha * slope
+        trials.append((alpha, loss, accepted))
+        if accepted:
+            return LineSearch(alpha, loss, trials)
         alpha *= shrink
-    return 0.0, loss0
+    return LineSearch(0.0, loss0, trials)
 
 
 def loss_and_gradient(

@@ -36,6 +36,9 @@ def solve_events(store: RunStore, run_id: str, layers: list[str], trajectory: bo
                     "cg_residual": 1e-3,
                     "step_size": 1.0 if step == 1 else 0.9,
                     "seconds": 0.5,
+                    "cg_stop": "tolerance" if step == 1 else "cap",
+                    "cg_trace": [[1, 0.5, 0.2], [2, 0.01, 0.25]] if step == 1 else [[1, 0.6, 0.1], [2, 0.2, 0.12]],
+                    "line_search": [[1.0, loss / 2, 1]] if step == 1 else [[1.0, 2.0, 0], [0.9, loss / 3, 1]],
                 },
             )
         report = {

@@ -8,8 +8,11 @@ from snows_core import PruneConfig
 from snows_core.dashboard import charts
 from snows_core.dashboard.frames import (
     allocation_frame,
+    cg_frame,
     comparability,
+    convergence_frame,
     layers_frame,
+    line_search_frame,
     mask_reconstruction_matrix,
     reconstruction_label,
     runs_frame,
@@ -86,6 +89,38 @@ def test_solve_charts(store):
     assert list(charts.layer_sparsity(layers).data[0].y) == [0.5] * 3
     traj = charts.trajectory(trajectory_frame(events), dense=0.93)
     assert [t.name for t in traj.data] == ["SNOWS", "mask only"] and list(traj.data[0].x) == [1, 2, 3]
+
+
+def test_the_solvers_trace_becomes_residual_convergence_and_line_search_frames(store):
+    store, ids = store
+    events = store.events(ids["done"])
+    cg = cg_frame(events)
+    first = cg[(cg["layer"] == LAYERS[0]) & (cg["step"] == 1)]
+    assert list(first["iteration"]) == [0, 1, 2] and list(first["residual"]) == [1.0, 0.5, 0.01]
+    assert list(first["decrease"]) == [0.0, 0.2, 0.25]
+    convergence = convergence_frame(steps_frame(events))
+    layer = convergence[convergence["layer"] == LAYERS[1]]
+    assert list(layer["cg_total"]) == [0, 10, 20] and list(layer["loss"]) == pytest.approx([0.5, 0.25, 1 / 6])
+    trials = line_search_frame(events)
+    second = trials[(trials["layer"] == LAYERS[0]) & (trials["step"] == 2)]
+    assert list(second["alpha"]) == [1.0, 0.9] and list(second["accepted"]) == [False, True]
+    assert list(steps_frame(events).query("step > 0")["cg_stop"])[:2] == ["tolerance", "cap"]
+    running = cg_frame(store.events(ids["failed"]))
+    assert list(running.columns) == ["layer", "stage", "step", "iteration", "residual", "decrease"]
+
+
+def test_the_solvers_trace_charts(store):
+    store, ids = store
+    events = store.events(ids["done"])
+    residuals = charts.cg_residuals(cg_frame(events), LAYERS[2])
+    assert [t.name for t in residuals.data] == ["step 1", "step 2"] and residuals.layout.yaxis.type == "log"
+    assert list(residuals.data[1].y) == [1.0, 0.6, 0.2] and list(residuals.data[1].customdata) == [0.0, 0.1, 0.12]
+    along = charts.loss_vs_cg(convergence_frame(steps_frame(events)))
+    assert [t.name for t in along.data] == LAYERS and list(along.data[0].x) == [0, 10, 20]
+    stops = charts.cg_stops(steps_frame(events))
+    assert [(t.name, list(t.y)) for t in stops.data] == [("tolerance", [1, 1, 1]), ("cap", [1, 1, 1])]
+    trials = charts.line_search_trials(line_search_frame(events), LAYERS[0])
+    assert list(trials.data[1].marker.symbol) == ["circle-open", "circle"]
 
 
 def test_tradeoff_charts_carry_run_ids(store):

@@ -9,7 +9,9 @@ from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
 from snows_core.reconstruct import LayerProblem, layer_problem
 from snows_core.solver import (
+    CGResult,
     armijo_backtracking,
+    cg_trace,
     conjugate_gradient,
     exact_curvature,
     gauss_newton_curvature,
@@ -47,16 +49,40 @@ def test_cg_returns_steepest_descent_on_negative_curvature():
     assert torch.equal(result.x, b) and result.iters == 1
 
 
+def test_the_cg_trace_is_each_iterates_residual_and_model_decrease():
+    a, b = random_spd(8, seed=2), torch.randn(8, dtype=torch.float64)
+    result = conjugate_gradient(lambda v: a @ v, b, max_iters=5, tol=0.0, damping=0.25)
+    system = a + 0.25 * torch.eye(8, dtype=torch.float64)
+    for k in range(1, 6):  # the k-th iterate, recomputed by running CG k iterations
+        x = conjugate_gradient(lambda v: a @ v, b, max_iters=k, tol=0.0, damping=0.25).x
+        assert result.residuals[k - 1] == pytest.approx(((b - system @ x).norm() / b.norm()).item(), rel=1e-8)
+        assert result.decrease[k - 1] == pytest.approx((b @ x - 0.5 * x @ system @ x).item(), rel=1e-8)
+    assert result.stop == "cap" and result.decrease == sorted(result.decrease)  # CG never raises the model
+    exact = torch.linalg.solve(system, b)
+    converged = conjugate_gradient(lambda v: a @ v, b, max_iters=100, tol=1e-10, damping=0.25)
+    assert converged.stop == "tolerance" and converged.residuals[-1] <= 1e-10
+    assert converged.decrease[-1] == pytest.approx(0.5 * (b @ exact).item(), rel=1e-8)  # m(0) - m(x*) = b'x*/2
+    assert conjugate_gradient(lambda v: -v, b, max_iters=9, tol=0.0, damping=0.0).stop == "negative curvature"
+    assert conjugate_gradient(lambda v: v, 0 * b, max_iters=9, tol=0.0, damping=0.0).stop == "zero gradient"
+
+
+def test_a_long_cg_trace_is_thinned_to_bounded_rows_keeping_the_last():
+    result = CGResult(torch.zeros(1), 500, 0.1, [1 / (i + 1) for i in range(500)], list(range(500)), "cap")
+    rows = cg_trace(result, points=64)
+    assert len(rows) == 64 and rows[0] == [1, 1.0, 0.0] and rows[-1] == [500, 0.002, 499.0]
+    assert cg_trace(CGResult(torch.zeros(1), 2, 0.5, [0.123456, 0.5], [1.0, 2.0]))[0] == [1, 0.1235, 1.0]
+
+
 def test_armijo_takes_the_full_newton_step_on_a_quadratic():
-    alpha, loss = armijo_backtracking(lambda a: (1.0 - a) ** 2, 1.0, slope=-2.0)
-    assert alpha == 1.0 and loss == 0.0
+    alpha, loss, trials = armijo_backtracking(lambda a: (1.0 - a) ** 2, 1.0, slope=-2.0)
+    assert alpha == 1.0 and loss == 0.0 and trials == [(1.0, 0.0, True)]
 
 
 def test_armijo_shrinks_then_gives_up_without_a_step():
     calls = []
-    alpha, loss = armijo_backtracking(lambda a: calls.append(a) or 5.0, 1.0, slope=-1.0)
+    alpha, loss, trials = armijo_backtracking(lambda a: calls.append(a) or 5.0, 1.0, slope=-1.0)
     assert (alpha, loss) == (0.0, 1.0)
-    assert len(calls) == 50
+    assert len(calls) == 50 and [t[0] for t in trials] == calls and not any(t[2] for t in trials)
     assert calls[1] == pytest.approx(0.9) and calls[2] == pytest.approx(0.81)
 
 

@@ -14,6 +14,10 @@ __all__ = [
     "loss_curves",
     "cg_iterations",
     "step_sizes",
+    "cg_residuals",
+    "loss_vs_cg",
+    "cg_stops",
+    "line_search_trials",
     "layer_losses",
     "layer_cost",
     "layer_sparsity",
@@ -78,6 +82,58 @@ def step_sizes(steps: pd.DataFrame) -> go.Figure:
     taken = steps[steps["step"] > 0].sort_values(["index", "step"])
     for (stage, step), rows in taken.groupby(["stage", "step"]):
         fig.add_scatter(x=rows["layer"], y=rows["step_size"], mode="markers", name=_step_label(stage, step, passes))
+    return fig
+
+
+def cg_residuals(cg: pd.DataFrame, layer: str) -> go.Figure:
+    """One layer's CG solves: relative residual against CG iteration, one line per Newton step (log scale)."""
+    fig = _figure(f"CG residual, {layer}", "CG iteration", "||r|| / ||g||", log_y=True)
+    rows = cg[cg["layer"] == layer]
+    passes = _passes(rows)
+    for (stage, step), solve in rows.groupby(["stage", "step"]):
+        fig.add_scatter(
+            x=solve["iteration"], y=solve["residual"].clip(lower=1e-12), mode="lines+markers",
+            name=_step_label(stage, step, passes), customdata=solve["decrease"],
+            hovertemplate="iteration %{x}: residual %{y:.3g}, model decrease %{customdata:.3g}<extra></extra>",
+        )  # fmt: skip
+    return fig
+
+
+def loss_vs_cg(convergence: pd.DataFrame) -> go.Figure:
+    """Each layer's K-window loss against the CG iterations spent on it, across Newton steps and passes."""
+    fig = _figure("Loss along CG iterations", "cumulative CG iterations", "K-window loss", log_y=True)
+    for layer, rows in convergence.sort_values(["index", "cg_total"], kind="stable").groupby("layer", sort=False):
+        fig.add_scatter(x=rows["cg_total"], y=rows["loss"], mode="lines+markers", name=str(layer))
+    return fig
+
+
+STOP_COLOURS = {"tolerance": "#2ca02c", "cap": "#ff7f0e", "negative curvature": "#d62728", "zero gradient": "#7f7f7f"}
+
+
+def cg_stops(steps: pd.DataFrame) -> go.Figure:
+    """Why each layer's CG solves ended (tolerance reached, iteration cap, negative curvature), as counts."""
+    fig = _figure("Why each CG solve stopped", "layer", "Newton steps")
+    taken = steps[(steps["step"] > 0) & steps["cg_stop"].notna()].sort_values(["index", "step"])
+    layers = list(dict.fromkeys(taken["layer"]))
+    counts = taken.groupby(["cg_stop", "layer"]).size()
+    for stop, colour in STOP_COLOURS.items():
+        if stop in counts.index.get_level_values(0):
+            per_layer = counts[stop].reindex(layers, fill_value=0)
+            fig.add_bar(x=layers, y=per_layer.to_numpy(), name=stop, marker_color=colour)
+    fig.update_layout(barmode="stack")
+    return fig
+
+
+def line_search_trials(trials: pd.DataFrame, layer: str) -> go.Figure:
+    """One layer's Armijo trials: the batch loss at each step size tried, the accepted one filled."""
+    fig = _figure(f"Line-search trials, {layer}", "step size alpha", "batch loss", log_y=True)
+    rows = trials[trials["layer"] == layer]
+    passes = _passes(rows)
+    for (stage, step), tried in rows.groupby(["stage", "step"]):
+        fig.add_scatter(
+            x=tried["alpha"], y=tried["loss"], mode="lines+markers", name=_step_label(stage, step, passes),
+            marker={"symbol": ["circle" if ok else "circle-open" for ok in tried["accepted"]], "size": 9},
+        )  # fmt: skip
     return fig
 
 

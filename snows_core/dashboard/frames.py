@@ -3,6 +3,8 @@
 - `runs_frame`: one row per run (spec fields, status, progress through the layers, results);
 - `steps_frame`, `layers_frame`, `trajectory_frame`: a run's Newton steps, per-layer reports (a row
   per layer and pass) and accuracy after each layer, from its events;
+- `cg_frame`, `convergence_frame`, `line_search_frame`: inside each Newton step, the CG solve's residual
+  and model decrease per iteration, the loss along cumulative CG iterations, the Armijo trials;
 - `allocation_frame`, `scan_frame`: each layer's allocated sparsity, and the sensitivity scan behind it;
 - `mask_reconstruction_matrix`: top-1 per mask method (rows) and reconstruction (columns: none, lstsq, SNOWS at each K);
 - `comparability`: why a set of runs is not a fair comparison (empty when it is).
@@ -23,6 +25,9 @@ __all__ = [
     "RUN_COLUMNS",
     "runs_frame",
     "steps_frame",
+    "cg_frame",
+    "convergence_frame",
+    "line_search_frame",
     "layers_frame",
     "trajectory_frame",
     "allocation_frame",
@@ -137,12 +142,51 @@ def steps_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
                     "cg_residual": e["cg_residual"],
                     "step_size": e["step_size"],
                     "seconds": e["seconds"],
+                    "cg_stop": e.get("cg_stop") or None,  # runs from before the solver's trace: unknown
+                    "trials": len(e.get("line_search", [])) or None,
                 }
             )
-    columns = ["layer", "stage", "step", "loss", "cg_iters", "cg_residual", "step_size", "seconds"]
+    columns = ["layer", "stage", "step", "loss", "cg_iters", "cg_residual", "step_size", "seconds", "cg_stop", "trials"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["index"] = frame["layer"].map(order)
     return frame
+
+
+def _step_rows(events: Iterable[dict[str, Any]], field: str) -> Iterable[tuple[dict[str, Any], list]]:
+    for e in events:
+        if e["kind"] == "newton_step" and e.get(field):
+            yield e, e[field]
+
+
+def cg_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per CG iteration of every Newton step: relative residual and model decrease, with an
+    iteration 0 per step (residual 1, decrease 0: CG starts from d = 0)."""
+    rows = []
+    for e, trace in _step_rows(events, "cg_trace"):
+        key = {"layer": e["layer"], "stage": e.get("stage", 1), "step": e["step"]}
+        rows.append({**key, "iteration": 0, "residual": 1.0, "decrease": 0.0})
+        rows.extend({**key, "iteration": int(i), "residual": r, "decrease": d} for i, r, d in trace)
+    return pd.DataFrame(rows, columns=["layer", "stage", "step", "iteration", "residual", "decrease"])
+
+
+def convergence_frame(steps: pd.DataFrame) -> pd.DataFrame:
+    """Each layer's loss against the CG iterations spent on it so far, across Newton steps and passes
+    (from `steps_frame`): the real convergence curve, where a step's cost is its CG iterations."""
+    ordered = steps.sort_values(["index", "stage", "step"], kind="stable")
+    frame = ordered[["layer", "index", "stage", "step", "loss"]].copy()
+    frame["cg_total"] = ordered.groupby("layer", sort=False)["cg_iters"].cumsum().to_numpy()
+    return frame.reset_index(drop=True)
+
+
+def line_search_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Every Armijo trial of every Newton step: its step size, the batch loss there and whether it passed."""
+    rows = [
+        {"layer": e["layer"], "stage": e.get("stage", 1), "step": e["step"], "trial": n + 1, "alpha": a, "loss": v,
+         "accepted": bool(ok)}
+        for e, trials in _step_rows(events, "line_search")
+        for n, (a, v, ok) in enumerate(trials)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["layer", "stage", "step", "trial", "alpha", "loss", "accepted"])
 
 
 def layers_frame(events: Iterable[dict[str, Any]], last_pass_only: bool = False) -> pd.DataFrame:
