@@ -1,4 +1,5 @@
-"""Learn: SNOWS for a class: masks (unstructured and N:M), what a K-window reaches, and one Newton-CG solve."""
+"""Learn: SNOWS for a class: masks (unstructured and N:M), what a K-window reaches, Newton-CG in two
+dimensions, and one layer's Newton-CG solve."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import streamlit as st
 from pages.common import ACTIVE, REFRESH_SECONDS, store, zoo
 from snows_core.dashboard import charts
 from snows_core.dashboard.frames import steps_frame
-from snows_core.dashboard.teach import LEARN_SPEC, mask_example, window_chains
+from snows_core.dashboard.teach import LEARN_SPEC, mask_example, newton_cg_2d, window_chains
 from snows_core.runs.executor import submit
 from snows_core.runs.store import FINAL
 
@@ -48,7 +49,40 @@ try:
 except ValueError as err:
     st.error(str(err))
 
-st.header("3. One layer's Newton-CG solve, step by step")
+st.header("3. Newton-CG in two dimensions")
+st.markdown(
+    "Near its solution each layer's loss is close to a quadratic, f(w) = ½ wᵀHw. A **Newton step** jumps to "
+    "its minimum, w − H⁻¹g; SNOWS never forms H but runs **conjugate gradient** on H d = −g with Hessian-vector "
+    "products. The first CG iterate is the best step along −g (the gradient step); in two dimensions the "
+    "second is the exact Newton step. Then the **Armijo line search** tries step sizes 1, 0.9, 0.81, ... until "
+    "the loss falls enough. Stretch the bowl with the eigenvalues; understate the curvature (as a small "
+    "curvature sample can) and watch the full step overshoot and the search backtrack."
+)
+controls, plot = st.columns([1, 2])
+low = controls.slider("Eigenvalue λ₁", 0.1, 10.0, 1.0, 0.1, key="learn_eig1")
+high = controls.slider("Eigenvalue λ₂", 0.1, 20.0, 10.0, 0.1, key="learn_eig2")
+angle = controls.slider("Rotation of the bowl (degrees)", 0, 90, 30, key="learn_angle")
+x0 = controls.slider("Start w₁", -3.0, 3.0, 2.5, 0.1, key="learn_x0")
+y0 = controls.slider("Start w₂", -3.0, 3.0, 1.0, 0.1, key="learn_y0")
+iters = controls.radio("CG iterations", [1, 2], index=1, horizontal=True, key="learn_cg_iters")
+scale = controls.slider(
+    "Curvature the products see (× H)", 0.2, 1.5, 1.0, 0.05, key="learn_scale", help="1: exact Hessian products"
+)
+step = newton_cg_2d((low, high), (x0, y0), angle=angle, cg_iters=iters, curvature_scale=scale)
+plot.plotly_chart(charts.newton_cg_2d(step), key="learn_2d")
+accepted = step.trials[step.trials["accepted"]]
+tries = f"{len(step.trials)} trial{'s' if len(step.trials) > 1 else ''}"
+outcome = (
+    f"accepted α = {accepted['alpha'].iloc[0]:.3g} after {tries}, landing at f = {accepted['loss'].iloc[0]:.3g}"
+    if not accepted.empty
+    else f"found no step in {tries}"
+)
+plot.write(
+    f"Start: f = {step.cg['loss'].iloc[0]:.3g}. After {len(step.cg) - 1} CG iteration{'s' if len(step.cg) > 2 else ''} "
+    f"the full step reaches f = {step.cg['loss'].iloc[-1]:.3g}; the line search {outcome}."
+)
+
+st.header("4. One layer's Newton-CG solve, step by step")
 st.markdown(
     "Each Newton step solves H d = -g for the free weights by conjugate gradient, with exact Hessian-vector "
     "products (never forming H), then a backtracking line search picks the step size. Here: the 512-to-256 "

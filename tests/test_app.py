@@ -46,6 +46,25 @@ def test_every_page_renders_with_runs_in_every_state(home, page):
         assert at.success and len(at.get("plotly_chart")) == 2  # the sweep is comparable
 
 
+def test_run_detail_draws_the_solvers_trace_for_the_chosen_layer(home):
+    ids = populate(home)
+    at = open_page("run_detail", run=ids["done"])
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert {"Loss along CG iterations", "Why each CG solve stopped"} <= set(titles)
+    assert "CG residual, layer1.0.conv1" in titles
+    at.selectbox(key="solve_layer").set_value("layer2.0.conv1").run()
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert "CG residual, layer2.0.conv1" in titles and "Line-search trials, layer2.0.conv1" in titles
+
+
+def test_the_2d_explorer_shows_the_line_search_backtrack_when_curvature_is_understated(home):
+    at = open_page("learn")
+    assert any("accepted α = 1 after 1 trial," in m.value for m in at.markdown)
+    at.slider(key="learn_scale").set_value(0.25).run()
+    at.slider(key="learn_eig1").set_value(4.0).run()  # a round bowl: the full step is exactly 4x too long
+    assert any("after 8 trials" in m.value for m in at.markdown)
+
+
 def test_a_staged_run_shows_its_passes_and_allocation(home):
     run = add_staged_run(home)
     at = open_page("run_detail", run=run)

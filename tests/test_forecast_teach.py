@@ -2,11 +2,13 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from snows_core import PruneConfig
+from snows_core.dashboard import charts
 from snows_core.dashboard.forecast import Forecast, forecast, probe
-from snows_core.dashboard.teach import LEARN_SPEC, mask_example, window_chains
+from snows_core.dashboard.teach import LEARN_SPEC, mask_example, newton_cg_2d, window_chains
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.sweep import grid_specs, sweep_id
 
@@ -86,3 +88,29 @@ def test_window_chains_name_the_operations_each_window_reaches():
 
 def test_the_learn_run_prunes_one_layer_of_the_mlp():
     assert LEARN_SPEC.model == "mlp" and LEARN_SPEC.config.layers == ("3",)
+
+
+def test_the_2d_explorer_steps_like_newton_cg_on_a_quadratic():
+    step = newton_cg_2d((1.0, 4.0), (2.0, 1.0), angle=0.0)  # H = diag(1, 4): f = (x^2 + 4 y^2) / 2
+    assert step.cg[["x", "y"]].to_numpy()[-1] == pytest.approx([0.0, 0.0], abs=1e-12)  # 2 CG iterations: Newton
+    g = np.array([2.0, 4.0])  # H w0
+    cauchy = g @ g / (g @ np.diag([1.0, 4.0]) @ g)
+    assert step.gradient == pytest.approx(tuple(np.array([2.0, 1.0]) - cauchy * g))
+    assert step.cg[["x", "y"]].to_numpy()[1] == pytest.approx(step.gradient)  # CG's first iterate: the gradient step
+    assert list(step.trials["alpha"]) == [1.0] and step.trials["accepted"].all()
+    assert step.grid["f"].min() == 0.0 and len(step.grid) == 61 * 61
+
+
+def test_understated_curvature_overshoots_and_the_line_search_backtracks():
+    step = newton_cg_2d((1.0, 4.0), (2.0, 1.0), angle=0.0, curvature_scale=0.25)  # the full step is 4x too long
+    assert step.cg[["x", "y"]].to_numpy()[-1] == pytest.approx([-6.0, -3.0])
+    alphas = list(step.trials["alpha"])
+    assert (
+        alphas[0] == 1.0 and alphas[1] == pytest.approx(0.9) and list(step.trials["accepted"]) == [False] * 7 + [True]
+    )
+    assert alphas[-1] == pytest.approx(0.9**7)  # f(w0 + a d) = (1 - 4a)^2 f0 falls below f0 once a < 1/2
+    figure = charts.newton_cg_2d(step)
+    assert [t.name for t in figure.data][1:] == [
+        "gradient step", "CG iterates", "Armijo trials", "Newton point (the minimum)", "start"
+    ]  # fmt: skip
+    assert list(figure.data[3].marker.symbol) == ["circle-open"] * 7 + ["circle"]

@@ -5,10 +5,15 @@ Every trade-off point carries its run id in `customdata`, so a click in the app 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:
+    from snows_core.dashboard.teach import NewtonCG2D
 
 __all__ = [
     "loss_curves",
@@ -30,6 +35,7 @@ __all__ = [
     "compare_layer_losses",
     "matrix_heatmap",
     "mask_heatmap",
+    "newton_cg_2d",
 ]
 
 TEMPLATE = "plotly_white"
@@ -324,4 +330,65 @@ def mask_heatmap(mask: pd.DataFrame, title: str) -> go.Figure:
     )
     fig.update_layout(title=title, xaxis_title="input", yaxis_title="output", template=TEMPLATE)
     fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def newton_cg_2d(step: NewtonCG2D) -> go.Figure:
+    """One Newton-CG step on a 2-D quadratic: contours of f, the steepest-descent step, the CG iterates, the
+    exact Newton point and the Armijo trials along the CG direction (filled: accepted)."""
+    grid = step.grid.pivot(index="y", columns="x", values="f")
+    fig = go.Figure(
+        go.Contour(
+            x=grid.columns,
+            y=grid.index,
+            z=np.log1p(grid.to_numpy()),
+            colorscale="Blues",
+            reversescale=True,
+            showscale=False,
+            contours={"coloring": "heatmap"},
+            hoverinfo="skip",
+            ncontours=18,
+        )
+    )
+    start_x, start_y = step.start
+    fig.add_scatter(
+        x=[start_x, step.gradient[0]],
+        y=[start_y, step.gradient[1]],
+        mode="lines+markers",
+        name="gradient step",
+        line={"dash": "dash", "color": "#7f7f7f"},
+    )
+    fig.add_scatter(
+        x=step.cg["x"],
+        y=step.cg["y"],
+        mode="lines+markers+text",
+        name="CG iterates",
+        text=[f"d{k}" for k in step.cg["k"]],
+        textposition="top right",
+        line={"color": "#1f77b4", "width": 3},
+        marker={"size": 9},
+    )
+    fig.add_scatter(
+        x=step.trials["x"],
+        y=step.trials["y"],
+        mode="markers",
+        name="Armijo trials",
+        customdata=step.trials["alpha"],
+        marker={
+            "size": 11,
+            "color": "#d62728",
+            "symbol": ["circle" if ok else "circle-open" for ok in step.trials["accepted"]],
+        },
+        hovertemplate="alpha %{customdata:.3g}<extra></extra>",
+    )
+    fig.add_scatter(
+        x=[step.newton[0]],
+        y=[step.newton[1]],
+        mode="markers",
+        name="Newton point (the minimum)",
+        marker={"symbol": "star", "size": 16, "color": "#2ca02c"},
+    )
+    fig.add_scatter(x=[start_x], y=[start_y], mode="markers", name="start", marker={"size": 12, "color": "black"})
+    fig.update_layout(title="One Newton-CG step on a quadratic", template=TEMPLATE, xaxis_title="w1", yaxis_title="w2")
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig
