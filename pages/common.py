@@ -18,6 +18,7 @@ PAGES = [
     ("pages/run_detail.py", "Run detail", ":material/monitoring:"),
     ("pages/tradeoffs.py", "Trade-offs", ":material/scatter_plot:"),
     ("pages/compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/sensitivity.py", "Sensitivity", ":material/query_stats:"),
     ("pages/learn.py", "Learn", ":material/school:"),
 ]
 REFRESH_SECONDS = 2.0

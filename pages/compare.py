@@ -12,7 +12,7 @@ from snows_core.runs import RunStatus
 
 st.title("Compare runs")
 frame = runs()
-done = frame[frame["status"] == RunStatus.DONE]
+done = frame[(frame["status"] == RunStatus.DONE) & (frame["kind"] == "prune")]  # scans have no final top-1
 if len(done) < 2:
     empty_state("Comparing needs at least two finished runs: launch a sweep over mask methods or K.")
     st.stop()

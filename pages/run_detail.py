@@ -74,6 +74,10 @@ def header(row: pd.Series) -> None:
 
 
 def body(row: pd.Series) -> None:
+    if row["kind"] == "sensitivity":
+        st.info("This run is a sensitivity scan: its heatmap and suggested sparsities are on the Sensitivity page.")
+        st.page_link("pages/sensitivity.py", label="Open the Sensitivity page", icon=":material/query_stats:")
+        return
     events = store().events(row["id"])
     steps, passes, points = steps_frame(events), layers_frame(events), trajectory_frame(events)
     layers = layers_frame(events, last_pass_only=True)

@@ -10,7 +10,7 @@ from snows_core.runs import RunStatus
 
 st.title("Trade-offs")
 frame = runs()
-done = frame[frame["status"] == RunStatus.DONE]
+done = frame[(frame["status"] == RunStatus.DONE) & (frame["kind"] == "prune")]  # scans have no final top-1
 if done.empty:
     empty_state(
         "No finished runs yet. Launch a sweep, e.g. the preset *Magnitude vs Wanda at K = 0 and 3*, "

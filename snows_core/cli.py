@@ -18,6 +18,7 @@ from snows_core.config import PruneConfig
 from snows_core.events import Event
 from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.executor import check_backend, list_backends, reap, submit
+from snows_core.runs.spec import RUN_KINDS
 
 if TYPE_CHECKING:
     from snows_core.report import PruneResult
@@ -68,6 +69,12 @@ def _add_run_commands(commands: argparse._SubParsersAction) -> None:
             "will not fit",
         )
         queue.add_argument("--executor", choices=list_backends(), default="local", help="where runs compute")
+        queue.add_argument(
+            "--kind",
+            choices=RUN_KINDS,
+            default="prune",
+            help="prune, or sensitivity: each layer pruned alone at a grid of sparsities and measured",
+        )
         queue.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://HOST:8786")
         add_config_arguments(queue, grid=grid)
 
@@ -210,6 +217,7 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
         trajectory=args.trajectory,
         checkpoint=args.checkpoint,
         data_root=args.data_root,
+        kind=getattr(args, "kind", "prune"),
     )
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "RunDone",
     "Allocated",
     "LayerScanned",
+    "LayerSensitivity",
     "Evaluation",
     "EventSink",
     "EVENT_TYPES",
@@ -63,6 +64,30 @@ class LayerScanned(Event):
     n_layers: int = 0
     sparsities: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LayerSensitivity(Event):
+    """One layer of a sensitivity analysis: pruned alone at each sparsity (the rest dense), the chosen
+    update applied, and measured. Per sparsity: the K-window loss with the mask alone and after the update,
+    the allocation's output loss, top-1 on the test subset, the largest logit change against the dense
+    network, the nonzero weights the mask removed, and `checks`: why a cell with no effect on the logits
+    is not simply robust (empty when it has an effect)."""
+
+    kind: ClassVar[str] = "layer_sensitivity"
+    layer: str = ""
+    index: int = 0
+    n_layers: int = 0
+    sparsities: list[float] = field(default_factory=list)
+    window_loss_mask: list[float] = field(default_factory=list)
+    window_loss: list[float] = field(default_factory=list)
+    output_loss: list[float] = field(default_factory=list)
+    top1: list[float] = field(default_factory=list)
+    logit_change: list[float] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    top1_dense: float = 0.0
+    numel: int = 0
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from snows_core.allocation import AllocationInputs, SensitivityScan, get_allocation
+from snows_core.allocation import AllocationInputs, SensitivityScan, get_allocation, sensitivity_counts
 from snows_core.columns import columns_unsupported, input_grams
 from snows_core.config import PruneConfig
 from snows_core.events import (
@@ -65,9 +65,9 @@ from snows_core.masks import (
 from snows_core.memory import PeakMemory
 from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem
 from snows_core.report import LayerReport, PruneResult
-from snows_core.sensitivity import ChooseMask, sensitivity_scan
+from snows_core.sensitivity import ChooseMask, TestSubset, sensitivity_grid, sensitivity_scan
 
-__all__ = ["prune_model", "resolve_device", "default_layers"]
+__all__ = ["prune_model", "sensitivity_analysis", "resolve_device", "default_layers"]
 
 
 def prune_model(
@@ -119,6 +119,41 @@ def prune_model(
     result = PruneResult(pruned, masks, passes[-len(nodes) :], config, seconds, skipped, passes, allocation)
     emit(RunDone(result.seconds, result.sparsity))
     return result
+
+
+def sensitivity_analysis(
+    model: nn.Module,
+    calib_images: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    config: PruneConfig,
+    on_event: EventSink | None = None,
+) -> dict[str, float]:
+    """Each layer `prune_model` would prune, pruned alone at each sparsity of the scan grid (the rest dense)
+    with `config`'s mask method and reconstruction, and measured (see `snows_core.sensitivity`).
+
+    Emits RunStarted, then one LayerSensitivity per layer. Returns the per-layer sparsities the
+    `sensitivity` allocation chooses from this scan at `config.sparsity` (what a run with
+    allocation="sensitivity" and the same config allocates). `model` is never modified.
+    """
+    emit = on_event or (lambda event: None)
+    _check_calibration(calib_images, config)
+    if config.nm or get_mask_method(config.mask).user_supplied:
+        raise ValueError("a sensitivity analysis scans unstructured sparsities of a scored or in-loop mask method")
+    device = resolve_device(config.device)
+    dense = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    gm = trace(dense)
+    nodes, skipped = _select_layers(gm, config, None)
+    path = PrunedPath(gm, calib_images[: config.n_calib].to(device, torch.float32), config.batch_size)
+    loop = _Loop(gm, nodes, path, None, config, get_mask_method(config.mask), emit, None)
+    emit(RunStarted([n.target for n in nodes], str(device), 1))
+    for report in skipped:
+        emit(LayerSkipped(report.name, report.skipped))
+    scores = _scores(loop) if not loop.method.in_loop else {n.target: loop.module(n).weight.abs() for n in nodes}
+    test = TestSubset(test_images.to(device, torch.float32), test_labels.to(device), config.batch_size)
+    scan = sensitivity_grid(gm, nodes, path, config, _scan_choice(loop, scores), test, emit)
+    counts = sensitivity_counts(scan, config.sparsity, config.layer_sparsity_cap)
+    return {name: 1.0 - counts[name] / scan.numel[name] for name in scan.numel}
 
 
 @dataclass

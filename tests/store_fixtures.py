@@ -136,3 +136,29 @@ def add_staged_run(home: Path) -> str:
         store.append_event(run_id, event["kind"], event)
     store.finish(run_id, RunStatus.DONE, result(0.88))
     return run_id
+
+
+def add_sensitivity_run(home: Path) -> str:
+    """A finished sensitivity scan of the mlp's two pruned layers; layer "5" at 50% changed nothing (checked)."""
+    store = RunStore(home)
+    config = PruneConfig(sparsity=0.9, reconstruction="lstsq", n_calib=64)
+    run_id = store.create(RunSpec(model="mlp", config=config, eval_size=100, kind="sensitivity"), "0.1.0")
+    store.claim_next(pid=1)
+    store.append_event(run_id, "run_started", {"kind": "run_started", "layers": ["3", "5"], "device": "cpu"})
+    grid = [0.5, 0.9, 0.98]
+    for index, (layer, top1, checks) in enumerate(
+        (("3", [0.9, 0.8, 0.5], ["", "", ""]), ("5", [0.9, 0.89, 0.85], ["no effect on these images, checked", "", ""]))
+    ):
+        cells = {
+            "window_loss_mask": [0.1, 0.5, 0.9], "window_loss": [0.05, 0.2, 0.6], "output_loss": [0.01, 0.1, 0.3],
+            "top1": top1, "logit_change": [0.0 if checks[0] else 0.1, 0.3, 0.9], "removed": [10, 20, 30],
+            "checks": checks,
+        }  # fmt: skip
+        event = {"kind": "layer_sensitivity", "layer": layer, "index": index, "n_layers": 2, "sparsities": grid}
+        store.append_event(run_id, "layer_sensitivity", {**event, **cells, "top1_dense": 0.9, "numel": 100})
+    store.finish(
+        run_id,
+        RunStatus.DONE,
+        {"kind": "sensitivity", "top1_dense": 0.9, "suggested_sparsities": {"3": 0.85, "5": 0.95}},
+    )
+    return run_id

@@ -8,10 +8,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from snows_core.runs import RunStore
-from tests.store_fixtures import add_staged_run, populate
+from snows_core.runs.process import exclusive
+from tests.store_fixtures import add_sensitivity_run, add_staged_run, populate
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "learn"]
+PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "sensitivity", "learn"]
 
 
 def open_page(page: str, **state) -> AppTest:
@@ -29,8 +30,10 @@ def open_page(page: str, **state) -> AppTest:
 def test_every_page_renders_on_an_empty_store_with_a_next_step(home, page):
     at = open_page(page)
     assert at.title
-    if page not in ("launch", "learn"):
+    if page not in ("launch", "learn", "sensitivity"):
         assert at.info and at.get("page_link")  # says what to do next
+    if page == "sensitivity":
+        assert at.info and at.button  # says what to do next, and the form can launch a scan
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -177,3 +180,40 @@ def test_a_corrupt_store_is_one_clear_error_on_every_page(home):
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception and "cannot open the run store" in at.error[0].value
     (home / "runs.db").unlink()  # the fixture's teardown reads the store
+
+
+def test_the_sensitivity_page_reads_a_scan_flags_checked_cells_and_launches_its_suggestion(home):
+    populate(home)
+    scan = add_sensitivity_run(home)
+    at = open_page("sensitivity", sensitivity_run=scan)
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert titles[:2] == [
+        "Sensitivity: top-1 lost (points), each layer pruned alone",
+        "Per-layer curves: top-1 lost (points)",
+    ]
+    assert "Suggested sparsity per layer" in titles
+    assert any("**Most fragile**" in m.value and m.value.index("3 (") < m.value.index("5 (") for m in at.markdown)
+    assert at.warning and "1 cell left the logits unchanged" in at.warning[0].value
+    with exclusive(home / "dispatcher.lock"):  # nothing starts the launched run
+        at.button(key="launch_suggested").click().run()
+        launched = [r for r in RunStore(home).list() if r["spec"]["config"]["allocation"] == "sensitivity"]
+    (run,) = [r for r in launched if r["spec"].get("kind", "prune") == "prune" and r["status"] == "queued"]
+    assert run["spec"]["model"] == "mlp" and run["spec"]["config"]["sparsity"] == 0.9
+    assert run["spec"]["config"]["reconstruction"] == "lstsq"
+
+
+def test_the_sensitivity_form_queues_a_scan(home):
+    at = open_page("sensitivity")
+    at.selectbox(key="sens_model").set_value("mlp")
+    at.selectbox(key="sens_update").set_value("none")
+    with exclusive(home / "dispatcher.lock"):
+        at.button[0].click().run()
+    (run,) = RunStore(home).list()
+    assert run["spec"]["kind"] == "sensitivity" and run["spec"]["config"]["reconstruction"] == "none"
+    assert run["spec"]["eval_size"] == 500 and not at.error
+
+
+def test_a_sensitivity_run_in_run_detail_points_to_its_page(home):
+    scan = add_sensitivity_run(home)
+    at = open_page("run_detail", run=scan)
+    assert "sensitivity scan" in at.info[0].value and at.get("page_link")

@@ -17,12 +17,13 @@ from snows_core.dashboard.frames import (
     reconstruction_label,
     runs_frame,
     scan_frame,
+    sensitivity_frame,
     series_label,
     steps_frame,
     trajectory_frame,
 )
 from snows_core.runs import RunSpec, RunStore
-from tests.store_fixtures import LAYERS, populate, staged_events
+from tests.store_fixtures import LAYERS, add_sensitivity_run, populate, staged_events
 
 
 @pytest.fixture
@@ -186,3 +187,23 @@ def test_progress_counts_every_pass(home):
     store.append_event(run, "run_started", {"kind": "run_started", "layers": ["a", "b"], "device": "cpu", "stages": 3})
     store.append_event(run, "layer_done", {"kind": "layer_done", "layer": "a"})
     assert store.progress()[run] == (1, 6)
+
+
+def test_a_sensitivity_run_becomes_cells_a_heatmap_and_curves(home):
+    store = RunStore(home)
+    run = add_sensitivity_run(home)
+    cells = sensitivity_frame(store.events(run))
+    assert list(cells["layer"]) == ["3"] * 3 + ["5"] * 3 and list(cells["sparsity"][:3]) == [0.5, 0.9, 0.98]
+    assert list(cells["top1_drop"][:3]) == pytest.approx([0.0, 0.1, 0.4])
+    heatmap = charts.sensitivity_heatmap(cells)
+    assert list(heatmap.data[0].y) == ["3", "5"] and list(heatmap.data[0].x) == ["0.5", "0.9", "0.98"]
+    assert heatmap.data[0].z[0] == pytest.approx([0.0, 10.0, 40.0])  # points of top-1 lost
+    flagged = heatmap.data[1]
+    assert flagged.name == "no effect: checked" and list(flagged.y) == ["5"] and list(flagged.x) == ["0.5"]
+    loss = charts.sensitivity_heatmap(cells, "window_loss")
+    assert loss.data[0].z[1] == pytest.approx(np.log10([0.05, 0.2, 0.6]))
+    curves = charts.sensitivity_curves(cells, "top1_drop")
+    assert [t.name for t in curves.data] == ["3", "5"] and list(curves.data[1].y) == pytest.approx([0.0, 1.0, 5.0])
+    frame = runs_frame(store)
+    assert frame.loc[0, "kind"] == "sensitivity" and frame.loc[0, "label"] == "sensitivity of magnitude + lstsq"
+    assert frame.loc[0, "progress"] == 1.0

@@ -36,7 +36,17 @@ __all__ = [
     "matrix_heatmap",
     "mask_heatmap",
     "newton_cg_2d",
+    "sensitivity_heatmap",
+    "sensitivity_curves",
+    "SENSITIVITY_VIEWS",
 ]
+
+SENSITIVITY_VIEWS = {  # what a sensitivity chart can show: column -> (label, log scale)
+    "top1_drop": ("top-1 lost (points)", False),
+    "window_loss": ("K-window loss after the update", True),
+    "window_loss_mask": ("K-window loss, mask only", True),
+    "output_loss": ("output loss (logits MSE)", True),
+}
 
 TEMPLATE = "plotly_white"
 
@@ -221,6 +231,59 @@ def allocation_heatmap(scan: pd.DataFrame, allocated: pd.DataFrame) -> go.Figure
         template=TEMPLATE,
     )
     fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _view(frame: pd.DataFrame, column: str) -> pd.Series:
+    values = frame[column] * (100 if column == "top1_drop" else 1)
+    return values.clip(lower=1e-12) if SENSITIVITY_VIEWS[column][1] else values
+
+
+def sensitivity_heatmap(cells: pd.DataFrame, column: str = "top1_drop") -> go.Figure:
+    """Layer (rows, network order) x sparsity (columns) of a sensitivity run, coloured by `column`; cells
+    whose pruning left the logits unchanged are marked with a dot and their check in the hover."""
+    label, log = SENSITIVITY_VIEWS[column]
+    ordered = cells.sort_values(["index", "sparsity"])
+    layers, sparsities = list(dict.fromkeys(ordered["layer"])), sorted(ordered["sparsity"].unique())
+    table = ordered.assign(value=_view(ordered, column)).pivot(index="layer", columns="sparsity", values="value")
+    table = table.reindex(index=layers, columns=sparsities)
+    checks = ordered.pivot(index="layer", columns="sparsity", values="checks").reindex(index=layers, columns=sparsities)
+    z = np.log10(table.to_numpy(dtype=float)) if log else table.to_numpy(dtype=float)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"{s:g}" for s in sparsities],
+            y=layers,
+            customdata=np.dstack([table.to_numpy(dtype=float), checks.fillna("").to_numpy()]),
+            colorscale="Reds" if column == "top1_drop" else "Viridis",
+            colorbar={"title": f"log10 {label}" if log else label},
+            hovertemplate="%{y} at %{x}: %{customdata[0]:.4g}<br>%{customdata[1]}<extra></extra>",
+        )
+    )
+    flagged = ordered[ordered["checks"].fillna("") != ""]
+    if not flagged.empty:
+        fig.add_scatter(
+            x=[f"{s:g}" for s in flagged["sparsity"]], y=flagged["layer"], mode="markers", name="no effect: checked",
+            marker={"symbol": "circle-dot", "size": 10, "color": "white", "line": {"color": "black", "width": 1}},
+            text=flagged["checks"], hovertemplate="%{y} at %{x}: %{text}<extra></extra>",
+        )  # fmt: skip
+    fig.update_layout(
+        title=f"Sensitivity: {label}, each layer pruned alone",
+        xaxis_title="sparsity of that layer",
+        yaxis_title="layer",
+        template=TEMPLATE,
+        yaxis={"autorange": "reversed"},
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig
+
+
+def sensitivity_curves(cells: pd.DataFrame, column: str = "top1_drop") -> go.Figure:
+    """`column` against the layer's sparsity, one line per layer (network order)."""
+    label, log = SENSITIVITY_VIEWS[column]
+    fig = _figure(f"Per-layer curves: {label}", "sparsity of that layer", label, log_y=log)
+    for layer, rows in cells.sort_values(["index", "sparsity"]).groupby("layer", sort=False):
+        fig.add_scatter(x=rows["sparsity"], y=_view(rows, column), mode="lines+markers", name=str(layer))
     return fig
 
 

@@ -6,6 +6,7 @@
 - `cg_frame`, `convergence_frame`, `line_search_frame`: inside each Newton step, the CG solve's residual
   and model decrease per iteration, the loss along cumulative CG iterations, the Armijo trials;
 - `allocation_frame`, `scan_frame`: each layer's allocated sparsity, and the sensitivity scan behind it;
+- `sensitivity_frame`: a sensitivity run's cells (layer x sparsity: losses, top-1 and its drop, checks);
 - `mask_reconstruction_matrix`: top-1 per mask method (rows) and reconstruction (columns: none, lstsq, SNOWS at each K);
 - `comparability`: why a set of runs is not a fair comparison (empty when it is).
 """
@@ -32,6 +33,7 @@ __all__ = [
     "trajectory_frame",
     "allocation_frame",
     "scan_frame",
+    "sensitivity_frame",
     "series_label",
     "reconstruction_label",
     "mask_reconstruction_matrix",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 RUN_COLUMNS = [
-    "id", "status", "progress", "model", "dataset", "mask", "reconstruction", "k", "pattern", "allocation",
+    "id", "kind", "status", "progress", "model", "dataset", "mask", "reconstruction", "k", "pattern", "allocation",
     "stages", "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds", "sparsity_achieved",
     "peak_mem", "layers_done", "layers_total", "n_calib", "seed", "newton_passes", "cg_iters", "eval_size", "sweep_id",
     "created", "version", "calib_digest", "eval_subset", "executor", "scheduler", "imported_from", "torch", "error",
@@ -71,6 +73,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
     final, mask_only = result.get("top1_final"), result.get("top1_mask_only")
     row = {
         "id": run["id"],
+        "kind": run["spec"].get("kind", "prune"),
         "status": run["status"],
         "progress": 1.0 if run["status"] == RunStatus.DONE else (done / total if total else 0.0),
         "model": run["spec"]["model"],
@@ -99,7 +102,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
         "torch": (result.get("environment") or {}).get("torch"),
         "error": run["error"],
     }
-    row["label"] = series_label(row)
+    row["label"] = series_label(row) if row["kind"] == "prune" else f"sensitivity of {series_label(row)}"
     return row
 
 
@@ -219,6 +222,24 @@ def scan_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
         e["layer"]: dict(zip(e["sparsities"], e["losses"], strict=True)) for e in events if e["kind"] == "layer_scanned"
     }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(index="layer", columns="sparsity")
+
+
+SENSITIVITY_MEASURES = ("window_loss_mask", "window_loss", "output_loss", "top1", "logit_change", "removed", "checks")
+
+
+def sensitivity_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per layer and sparsity of a sensitivity run (filling in layer by layer while it runs), with
+    `top1_drop` = dense top-1 minus the cell's (points of accuracy lost when that layer alone is pruned)."""
+    rows = [
+        {"layer": e["layer"], "index": e["index"], "sparsity": s, "top1_dense": e["top1_dense"],
+         **{key: e[key][i] for key in SENSITIVITY_MEASURES}}
+        for e in events
+        if e["kind"] == "layer_sensitivity"
+        for i, s in enumerate(e["sparsities"])
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["layer", "index", "sparsity", "top1_dense", *SENSITIVITY_MEASURES])
+    frame["top1_drop"] = frame["top1_dense"] - frame["top1"]
+    return frame
 
 
 def trajectory_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:

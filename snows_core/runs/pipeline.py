@@ -1,7 +1,9 @@
 """One run, start to end: load the model and data of a RunSpec, prune, evaluate, write the artifacts.
 
-`run_spec` is the one way a spec runs: `python -m snows_core prune` calls it in-process, and `execute`
-(what a worker process or a Dask task calls) adds the artifacts. Both report only through `on_event`.
+`run_spec` is the one way a pruning spec runs: `python -m snows_core prune` calls it in-process, and
+`execute` (what a worker process or a Dask task calls) runs the spec's kind (`RUNNERS`: "prune" is
+`run_spec` plus the artifacts, "sensitivity" is `run_sensitivity`) and writes its artifacts. All report
+only through `on_event`.
 Top-1 is measured on the same test images three times: dense, mask only (the dense weights times the
 final masks), and final. With `spec.trajectory` it is also measured after each pruned layer: SNOWS
 changes only the layer being solved, so the network after layer i is the dense one with the final
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +26,31 @@ from snows_core.data import calibration_indices, load_dataset, stack_images
 from snows_core.events import Evaluation, EventSink
 from snows_core.metrics import evaluate
 from snows_core.models import create_model
-from snows_core.prune import prune_model, resolve_device
+from snows_core.prune import prune_model, resolve_device, sensitivity_analysis
+from snows_core.registry import Registry
 from snows_core.report import PruneResult
 from snows_core.runs.environment import environment
 from snows_core.runs.spec import RunSpec
 
-__all__ = ["run_spec", "execute"]
+__all__ = ["RUNNERS", "run_spec", "run_sensitivity", "execute"]
+
+Runner = Callable[[RunSpec, Path, EventSink], dict[str, Any]]
+RUNNERS: Registry[Runner] = Registry("kind", ordered=True)  # RunSpec.kind -> runner (a test checks RUN_KINDS)
 
 
 def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
-    """Run `spec`, write its artifacts into `out_dir` (see PruneResult.save) and return the result row."""
+    """Run `spec` by its kind, write its artifacts into `out_dir` and return the result row."""
+    return RUNNERS.get(spec.kind)(spec, out_dir, on_event)
+
+
+def _execute_prune(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
+    """Prune: weights, masks and report.json (see PruneResult.save)."""
     result, summary = run_spec(spec, on_event)
     result.save(out_dir, {**summary, "spec": spec.to_dict()})
     return summary
+
+
+RUNNERS.add("prune", _execute_prune)
 
 
 def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str, Any]]:
@@ -71,6 +87,40 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
         "environment": environment(device),
     }
     return result, summary
+
+
+def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
+    """Each layer pruned alone at each sparsity of the grid with the spec's mask method and reconstruction,
+    scored on the test subset (`prune.sensitivity_analysis`); report.json holds the result row, whose
+    `suggested_sparsities` are what a run with allocation "sensitivity" at `config.sparsity` allocates."""
+    tic = time.perf_counter()
+    config = spec.config
+    device = resolve_device(config.device)
+    model = create_model(spec.model, checkpoint=spec.checkpoint)
+    train = load_dataset(spec.dataset, "train", spec.data_root)
+    calib_ids = calibration_indices(len(train), config.n_calib, config.seed)  # (n_calib,)
+    test = load_dataset(spec.dataset, "test", spec.data_root)
+    test_x, test_y = stack_images(test, list(range(min(spec.eval_size or len(test), len(test)))))  # (N, C, H, W), (N,)
+    suggested = sensitivity_analysis(model, stack_images(train, calib_ids)[0], test_x, test_y, config, on_event)
+    ids = calib_ids.tolist()
+    summary = {
+        "kind": "sensitivity",
+        "top1_dense": evaluate(model, test, device=device, limit=spec.eval_size)["top1"],
+        "suggested_sparsities": suggested,
+        "eval_images": len(test_y),
+        "eval_subset": f"{spec.dataset}:test[:{len(test_y)}]",
+        "calib_ids": ids,
+        "calib_digest": hashlib.sha256(f"{spec.dataset}:{ids}".encode()).hexdigest()[:12],
+        "seconds": time.perf_counter() - tic,
+        "device": str(device),
+        "environment": environment(device),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps({**summary, "spec": spec.to_dict()}, indent=2))
+    return summary
+
+
+RUNNERS.add("sensitivity", run_sensitivity)
 
 
 def _trajectory(

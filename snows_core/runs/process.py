@@ -117,13 +117,16 @@ def serve_until_idle(tick: Callable[[], bool]) -> None:
         time.sleep(TICK_SECONDS)
 
 
+CANCEL_POINTS = ("newton_step", "layer_sensitivity")  # events after which a run may stop cleanly
+
+
 def cancel_on_step(run_id: str, record: EventSink, cancelled: Callable[[], bool]) -> EventSink:
-    """An event sink that passes every event to `record`, then raises RunCancelled after a Newton step
-    once `cancelled()` says so."""
+    """An event sink that passes every event to `record`, then raises RunCancelled after a Newton step (or a
+    layer of a sensitivity analysis) once `cancelled()` says so."""
 
     def on_event(event: Event) -> None:
         record(event)
-        if event.kind == "newton_step" and cancelled():
+        if event.kind in CANCEL_POINTS and cancelled():
             raise RunCancelled(run_id)
 
     return on_event

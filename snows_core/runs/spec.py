@@ -16,9 +16,10 @@ from typing import Any
 from snows_core import catalog
 from snows_core.config import PruneConfig, pop_schema_version
 
-__all__ = ["RunSpec", "SPEC_SCHEMA_VERSION"]
+__all__ = ["RunSpec", "SPEC_SCHEMA_VERSION", "RUN_KINDS"]
 
 SPEC_SCHEMA_VERSION = 1
+RUN_KINDS = ("prune", "sensitivity")  # what a run computes; `runs.pipeline` registers one runner for each
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class RunSpec:
         trajectory: also score the network after every pruned layer (the pruning trajectory).
         checkpoint: weights to load instead of the shipped ones.
         data_root: where the dataset lives (an .npz or a folder), when not the default.
+        kind: "prune" (prune, reconstruct, evaluate), or "sensitivity": each layer pruned alone at a grid of
+            sparsities with the config's mask method and reconstruction, measured (`config.sparsity` is the
+            target its suggested per-layer sparsities reach). Stored only when not "prune", so every spec
+            from before kinds existed keeps its hash.
     """
 
     model: str
@@ -42,6 +47,7 @@ class RunSpec:
     trajectory: bool = False
     checkpoint: str | None = None
     data_root: str | None = None
+    kind: str = "prune"
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, PruneConfig):
@@ -64,6 +70,13 @@ class RunSpec:
             raise ValueError(f"eval_size must be a positive integer or None; got {self.eval_size!r}")
         if not isinstance(self.trajectory, bool):
             raise ValueError(f"trajectory must be true or false; got {self.trajectory!r}")
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, RUN_KINDS))}; got {self.kind!r}")
+        if self.kind == "sensitivity" and (self.config.nm or catalog.entry("mask", self.config.mask)["user_supplied"]):
+            raise ValueError(
+                "kind 'sensitivity' needs pattern 'unstructured' and a mask method that chooses masks; "
+                f"got pattern {self.config.pattern!r}, mask {self.config.mask!r}"
+            )
 
     def check_inputs(self, *, force: bool = False) -> None:
         """Refuse, before anything is stored, a run that cannot start here or whose memory forecast does not
@@ -88,6 +101,7 @@ class RunSpec:
             "trajectory": self.trajectory,
             "checkpoint": self.checkpoint,
             "data_root": self.data_root,
+            **({"kind": self.kind} if self.kind != "prune" else {}),
         }
 
     @classmethod

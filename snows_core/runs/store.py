@@ -347,13 +347,14 @@ class RunStore:
 
     def progress(self) -> dict[str, tuple[int, int | None]]:
         """(layers done, layers in the run or None before it started) for every run with events; with
-        stages, every pass counts its layers (a 3-pass run of 18 layers has 54 to do)."""
+        stages, every pass counts its layers (a 3-pass run of 18 layers has 54 to do); a sensitivity run
+        counts the layers it has scanned."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT run_id, SUM(kind = 'layer_done'), "
+                "SELECT run_id, SUM(kind IN ('layer_done', 'layer_sensitivity')), "
                 "MAX(CASE WHEN kind = 'run_started' THEN json_array_length(payload, '$.layers') "
                 "* COALESCE(json_extract(payload, '$.stages'), 1) END) "
-                "FROM events WHERE kind IN ('layer_done', 'run_started') GROUP BY run_id"
+                "FROM events WHERE kind IN ('layer_done', 'layer_sensitivity', 'run_started') GROUP BY run_id"
             ).fetchall()
         return {r[0]: (int(r[1]), r[2]) for r in rows}
 
