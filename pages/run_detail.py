@@ -138,7 +138,7 @@ def newton_solve(steps: pd.DataFrame, events: list[dict]) -> None:
     line-search trials; why every CG solve stopped."""
     left, right = st.columns(2)
     left.plotly_chart(charts.loss_curves(steps), key="loss_curves")
-    right.plotly_chart(charts.loss_vs_cg(convergence_frame(steps)), key="loss_vs_cg")
+    right.plotly_chart(charts.loss_vs_cg(convergence_frame(events)), key="loss_vs_cg")
     cg = cg_frame(events)
     if cg.empty:
         st.caption("This run predates the solver's trace: no CG residuals or line-search trials were recorded.")

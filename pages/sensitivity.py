@@ -50,6 +50,8 @@ if launched:
         st.session_state["sensitivity_run"] = submit(store(), spec)
     except (ValueError, FileNotFoundError) as err:
         st.error(f"Nothing was queued: {err}")
+    else:
+        st.rerun()  # the sidebar read the runs before this submit: read them again, with the new scan
 
 frame = runs()
 scans = frame[frame["kind"] == "sensitivity"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def chromium(width: int = 1400, height: int = 1000):
             browser.close()
 
 
-def select_option(page, label: str, option: str) -> None:
-    """Choose `option` in the Streamlit selectbox labelled `label`."""
+def select_option(page, label: str, option: str | re.Pattern) -> None:
+    """Choose `option` (its text, or a pattern of it) in the Streamlit selectbox labelled `label`."""
     page.get_by_role("combobox", name=label).click()
     page.get_by_role("option", name=option).click()

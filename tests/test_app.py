@@ -211,6 +211,7 @@ def test_the_sensitivity_form_queues_a_scan(home):
     (run,) = RunStore(home).list()
     assert run["spec"]["kind"] == "sensitivity" and run["spec"]["config"]["reconstruction"] == "none"
     assert run["spec"]["eval_size"] == 500 and not at.error
+    assert at.selectbox(key="sensitivity_pick").value == run["id"]  # the page shows the new scan at once
 
 
 def test_a_sensitivity_run_in_run_detail_points_to_its_page(home):

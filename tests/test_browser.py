@@ -1,9 +1,9 @@
 """A real browser: headless Debian Chromium through Playwright against `streamlit run app.py`.
 
 Opens /, launches the teaching demo through the form, waits on the Runs page until it is done, clicks
-its point on the Trade-offs page, which opens its detail page, checks that the Plotly charts rendered,
-and saves screenshots (into $SNOWS_SCREENSHOTS
-when set, else the test's temporary folder).
+its point on the Trade-offs page, which opens its detail page, checks that the Plotly charts rendered;
+launches a sensitivity scan of the mlp from the Sensitivity page and waits for its heatmap. Screenshots
+go into $SNOWS_SCREENSHOTS when set, else the test's temporary folder.
 """
 
 import os
@@ -54,3 +54,24 @@ def test_launch_a_teaching_demo_and_see_its_charts(home, tmp_path):
         page.wait_for_timeout(1500)  # let every chart draw
         assert page.locator(".js-plotly-plot").count() >= 3
         page.screenshot(path=str(shots / "run_detail.png"), full_page=True)
+
+
+def test_scan_the_mlp_from_the_sensitivity_page_and_see_its_heatmap(home, tmp_path):
+    shots = Path(os.environ.get("SNOWS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with serve_app(home, tmp_path / "streamlit.log") as url, chromium(1400, 1600) as page:
+        page.goto(url + "/")
+        page.get_by_text("Launch a pruning run").wait_for(timeout=300_000)
+        page.get_by_role("link", name="Sensitivity").first.click()
+        page.get_by_text("No sensitivity scan yet").wait_for(timeout=300_000)
+        select_option(page, "Model", re.compile("^mlp:"))
+        select_option(page, "Update", "none")
+        page.get_by_role("button", name=re.compile("Scan every layer")).click()
+        heatmap = page.locator(".js-plotly-plot", has_text="each layer pruned alone")
+        heatmap.wait_for(timeout=900_000)  # generous: minutes on a loaded machine, seconds on an idle one
+        page.get_by_text("Suggested sparsities at 90% overall").wait_for(timeout=900_000)
+        page.wait_for_timeout(1500)  # let every chart draw
+        assert page.locator(".js-plotly-plot").count() >= 3
+        (scan,) = RunStore(home).list()
+        assert scan["status"] == "done" and scan["spec"]["kind"] == "sensitivity"
+        page.screenshot(path=str(shots / "sensitivity.png"), full_page=True)

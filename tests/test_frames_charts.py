@@ -99,9 +99,13 @@ def test_the_solvers_trace_becomes_residual_convergence_and_line_search_frames(s
     first = cg[(cg["layer"] == LAYERS[0]) & (cg["step"] == 1)]
     assert list(first["iteration"]) == [0, 1, 2] and list(first["residual"]) == [1.0, 0.5, 0.01]
     assert list(first["decrease"]) == [0.0, 0.2, 0.25]
-    convergence = convergence_frame(steps_frame(events))
+    convergence = convergence_frame(events)
     layer = convergence[convergence["layer"] == LAYERS[1]]
-    assert list(layer["cg_total"]) == [0, 10, 20] and list(layer["loss"]) == pytest.approx([0.5, 0.25, 1 / 6])
+    measured, model = layer[layer["source"] == "measured"], layer[layer["source"] == "model"]
+    assert list(measured["cg_total"]) == [0, 10, 10, 20] and list(measured["loss"]) == pytest.approx(
+        [0.5, 0.25, 0.25, 1 / 6]
+    )
+    assert list(model["cg_total"]) == [1, 2, 11, 12] and list(model["loss"]) == pytest.approx([0.3, 0.25, 0.15, 0.13])
     trials = line_search_frame(events)
     second = trials[(trials["layer"] == LAYERS[0]) & (trials["step"] == 2)]
     assert list(second["alpha"]) == [1.0, 0.9] and list(second["accepted"]) == [False, True]
@@ -116,8 +120,10 @@ def test_the_solvers_trace_charts(store):
     residuals = charts.cg_residuals(cg_frame(events), LAYERS[2])
     assert [t.name for t in residuals.data] == ["step 1", "step 2"] and residuals.layout.yaxis.type == "log"
     assert list(residuals.data[1].y) == [1.0, 0.6, 0.2] and list(residuals.data[1].customdata) == [0.0, 0.1, 0.12]
-    along = charts.loss_vs_cg(convergence_frame(steps_frame(events)))
-    assert [t.name for t in along.data] == LAYERS and list(along.data[0].x) == [0, 10, 20]
+    along = charts.loss_vs_cg(convergence_frame(events))
+    assert [t.name for t in along.data if t.showlegend is not False] == LAYERS
+    assert list(along.data[0].x) == [0, 10, 10, 20] and along.data[1].line.dash == "dot"
+    assert list(along.data[1].x) == [0, 1, 2, None, 10, 11, 12, None]  # each step: its start, then the model
     stops = charts.cg_stops(steps_frame(events))
     assert [(t.name, list(t.y)) for t in stops.data] == [("tolerance", [1, 1, 1]), ("cap", [1, 1, 1])]
     trials = charts.line_search_trials(line_search_frame(events), LAYERS[0])

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -116,11 +117,37 @@ def cg_residuals(cg: pd.DataFrame, layer: str) -> go.Figure:
 
 
 def loss_vs_cg(convergence: pd.DataFrame) -> go.Figure:
-    """Each layer's K-window loss against the CG iterations spent on it, across Newton steps and passes."""
+    """Each layer's K-window loss against the CG iterations spent on it, across Newton steps and passes:
+    measured at each step's start and end (solid), predicted by the quadratic model in between (dotted)."""
     fig = _figure("Loss along CG iterations", "cumulative CG iterations", "K-window loss", log_y=True)
-    for layer, rows in convergence.sort_values(["index", "cg_total"], kind="stable").groupby("layer", sort=False):
-        fig.add_scatter(x=rows["cg_total"], y=rows["loss"], mode="lines+markers", name=str(layer))
+    palette = px.colors.qualitative.Plotly
+    ordered = convergence.sort_values(["index", "stage", "step", "cg_total"], kind="stable")
+    for n, (layer, rows) in enumerate(ordered.groupby("layer", sort=False)):
+        colour = palette[n % len(palette)]
+        measured, model = rows[rows["source"] == "measured"], rows[rows["source"] == "model"]
+        fig.add_scatter(
+            x=measured["cg_total"], y=measured["loss"], mode="lines+markers", name=str(layer), legendgroup=str(layer),
+            line={"color": colour},
+        )  # fmt: skip
+        if not model.empty:
+            x, y = _model_paths(rows)
+            fig.add_scatter(
+                x=x, y=y, mode="lines", legendgroup=str(layer), line={"color": colour, "dash": "dot"},
+                name=f"{layer} (model)", showlegend=False, connectgaps=False,
+            )  # fmt: skip
     return fig
+
+
+def _model_paths(rows: pd.DataFrame) -> tuple[list, list]:
+    """Each step's start and its model-predicted losses, the steps separated by gaps (None)."""
+    x: list = []
+    y: list = []
+    for _, step in rows.groupby(["stage", "step"], sort=False):
+        start = step[step["source"] == "measured"].iloc[0]
+        model = step[step["source"] == "model"]
+        x += [int(start["cg_total"]), *model["cg_total"].astype(int).tolist(), None]  # plain ints: plotly keeps None
+        y += [float(start["loss"]), *model["loss"].clip(lower=1e-12).tolist(), None]
+    return x, y
 
 
 STOP_COLOURS = {"tolerance": "#2ca02c", "cap": "#ff7f0e", "negative curvature": "#d62728", "zero gradient": "#7f7f7f"}

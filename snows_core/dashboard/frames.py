@@ -172,13 +172,29 @@ def cg_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "stage", "step", "iteration", "residual", "decrease"])
 
 
-def convergence_frame(steps: pd.DataFrame) -> pd.DataFrame:
-    """Each layer's loss against the CG iterations spent on it so far, across Newton steps and passes
-    (from `steps_frame`): the real convergence curve, where a step's cost is its CG iterations."""
-    ordered = steps.sort_values(["index", "stage", "step"], kind="stable")
-    frame = ordered[["layer", "index", "stage", "step", "loss"]].copy()
-    frame["cg_total"] = ordered.groupby("layer", sort=False)["cg_iters"].cumsum().to_numpy()
-    return frame.reset_index(drop=True)
+def convergence_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Each layer's loss against the CG iterations spent on it so far, across Newton steps and passes: the
+    real convergence curve, where a step costs its CG iterations. `measured` rows are the loss where each
+    step started and ended (after its line search); `model` rows, inside a step, are the loss the
+    quadratic model predicts at each CG iterate (the loss at the step's start minus the model decrease)."""
+    order: dict[str, int] = {}
+    spent: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        if e["kind"] == "layer_started":
+            order[e["layer"]] = e["index"]
+        if e["kind"] != "newton_step":
+            continue
+        key = {"layer": e["layer"], "index": order.get(e["layer"]), "stage": e.get("stage", 1), "step": e["step"]}
+        start = spent.get(e["layer"], 0)
+        rows.append({**key, "cg_total": start, "loss": e["loss"], "source": "measured"})
+        rows.extend(
+            {**key, "cg_total": start + int(i), "loss": e["loss"] - d, "source": "model"}
+            for i, _, d in e.get("cg_trace", [])
+        )
+        spent[e["layer"]] = start + e["cg_iters"]
+        rows.append({**key, "cg_total": spent[e["layer"]], "loss": e["loss_after"], "source": "measured"})
+    return pd.DataFrame(rows, columns=["layer", "index", "stage", "step", "cg_total", "loss", "source"])
 
 
 def line_search_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
