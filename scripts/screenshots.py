@@ -1,9 +1,10 @@
 """Screenshots of every page for the README, taken in headless Debian Chromium against a given store.
 
-    .venv/bin/python scripts/screenshots.py --home STORE --out assets/screenshots [--run RUN_ID]
+    .venv/bin/python scripts/screenshots.py --home STORE --out assets/screenshots [--run RUN_ID] [--pages ...]
 
-STORE should hold some finished runs (e.g. the sweep of benchmarks/bench_queue.py). The Learn page's
-tiny solve is queued in STORE and waited for.
+STORE should hold some finished runs (e.g. the sweep of benchmarks/bench_queue.py) and, for the
+Sensitivity page, a finished sensitivity scan (the newest is shown). The Learn page is shot at its 2-D
+Newton-CG explorer. `--pages` shoots only the pages named.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.browser import chromium, select_option, serve_app  # noqa: E402
 
+PAGES = ("launch", "runs", "tradeoffs", "compare", "run_detail", "sensitivity", "learn")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "screenshots")
     parser.add_argument("--run", default=None, help="the run shown on the detail page (default: the newest)")
+    parser.add_argument("--pages", nargs="*", default=list(PAGES), choices=PAGES, help="which pages to shoot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with serve_app(args.home, args.out.parent / "streamlit-screenshots.log") as url, chromium(1400, 1800) as page:
 
         def shoot(name: str, wait_for: str = "", delay: int = 2500) -> None:
+            if name not in args.pages:
+                return
             if wait_for:
                 page.locator(wait_for).first.wait_for(timeout=60_000)
             page.wait_for_timeout(delay)
@@ -46,11 +52,16 @@ def main() -> None:
             page.get_by_role("link", name=link).first.click()
             shoot(name, selector)
         page.goto(url + "/run_detail" + (f"?run={args.run}" if args.run else ""))
-        shoot("run_detail", ".js-plotly-plot")
-        page.get_by_role("link", name="Learn").first.click()
-        page.get_by_role("button", name="Run the tiny solve").click()
-        page.get_by_text("Newton step", exact=True).first.wait_for(timeout=120_000)
-        shoot("learn", ".js-plotly-plot")
+        shoot("run_detail", ".js-plotly-plot", delay=4000)
+        if "sensitivity" in args.pages:
+            page.get_by_role("link", name="Sensitivity").first.click()
+            shoot("sensitivity", ".js-plotly-plot", delay=4000)
+        if "learn" in args.pages:  # the 2-D Newton-CG explorer
+            page.get_by_role("link", name="Learn").first.click()
+            page.get_by_text("3. Newton-CG in two dimensions").wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            page.get_by_text("3. Newton-CG in two dimensions").evaluate("heading => heading.scrollIntoView()")
+            shoot("learn", ".js-plotly-plot")
     (args.out.parent / "streamlit-screenshots.log").unlink(missing_ok=True)
     print(f"wrote {sorted(p.name for p in args.out.glob('*.png'))} to {args.out}")
 

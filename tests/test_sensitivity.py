@@ -121,3 +121,15 @@ def test_a_scan_runs_in_the_queue_and_the_run_it_suggests_allocates_exactly_that
     assert wait_for(suggested, lambda s: s["status"] in ("done", "failed"))["status"] == "done"
     allocated = next(e for e in store.events(suggested) if e["kind"] == "allocation")["sparsities"]
     assert allocated == done["suggested_sparsities"] and spec.kind == "sensitivity"
+
+
+def test_a_sensitivity_run_stops_after_any_scanned_layer_once_cancelled():
+    from snows_core.events import LayerSensitivity, LayerStarted
+    from snows_core.runs.process import RunCancelled, cancel_on_step
+
+    recorded = []
+    sink = cancel_on_step("run", recorded.append, lambda: True)
+    sink(LayerStarted("3"))  # not a point where a run may stop
+    with pytest.raises(RunCancelled):
+        sink(LayerSensitivity("3"))
+    assert [e.kind for e in recorded] == ["layer_started", "layer_sensitivity"]  # recorded before it stops
