@@ -32,10 +32,20 @@ from snows_core.report import PruneResult
 from snows_core.runs.environment import environment
 from snows_core.runs.spec import RunSpec
 
-__all__ = ["RUNNERS", "run_spec", "run_sensitivity", "execute"]
+__all__ = ["RUNNERS", "register_runner", "run_spec", "run_sensitivity", "execute"]
 
 Runner = Callable[[RunSpec, Path, EventSink], dict[str, Any]]
 RUNNERS: Registry[Runner] = Registry("kind", ordered=True)  # RunSpec.kind -> runner (a test checks RUN_KINDS)
+
+
+def register_runner(kind: str) -> Callable[[Runner], Runner]:
+    """Decorator registering `fn(spec, out_dir, on_event) -> result row` as the runner of `kind`."""
+
+    def wrap(fn: Runner) -> Runner:
+        RUNNERS.add(kind, fn)
+        return fn
+
+    return wrap
 
 
 def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
@@ -43,14 +53,12 @@ def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]
     return RUNNERS.get(spec.kind)(spec, out_dir, on_event)
 
 
+@register_runner("prune")
 def _execute_prune(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
     """Prune: weights, masks and report.json (see PruneResult.save)."""
     result, summary = run_spec(spec, on_event)
     result.save(out_dir, {**summary, "spec": spec.to_dict()})
     return summary
-
-
-RUNNERS.add("prune", _execute_prune)
 
 
 def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str, Any]]:
@@ -89,6 +97,7 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
     return result, summary
 
 
+@register_runner("sensitivity")
 def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
     """Each layer pruned alone at each sparsity of the grid with the spec's mask method and reconstruction,
     scored on the test subset (`prune.sensitivity_analysis`); report.json holds the result row, whose
@@ -118,9 +127,6 @@ def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps({**summary, "spec": spec.to_dict()}, indent=2))
     return summary
-
-
-RUNNERS.add("sensitivity", run_sensitivity)
 
 
 def _trajectory(
