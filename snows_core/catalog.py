@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,9 +130,18 @@ def build_snapshot() -> dict[str, dict[str, dict[str, Any]]]:
     return snapshot
 
 
+def dumps(snapshot: dict[str, Any]) -> str:
+    """The snapshot as indented JSON with each shape on one line (a reviewable diff when a model changes)."""
+    return re.sub(r"\[([-\d,\s]*)\]", _one_line, json.dumps(snapshot, indent=1)) + "\n"
+
+
+def _one_line(match: re.Match) -> str:
+    return "[" + ", ".join(part.strip() for part in match.group(1).split(",")) + "]"
+
+
 def main() -> None:
     """Write the snapshot (``python -m snows_core.catalog``) after adding or changing a registered entry."""
-    SNAPSHOT.write_text(json.dumps(build_snapshot(), indent=1) + "\n")
+    SNAPSHOT.write_text(dumps(build_snapshot()))
     print(f"wrote {SNAPSHOT}")
 
 

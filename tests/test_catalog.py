@@ -2,7 +2,6 @@
 npz headers, safetensors headers, the shape rule, the memory rule."""
 
 import gzip
-import json
 import struct
 
 import numpy as np
@@ -20,8 +19,8 @@ from snows_core.runs.door import MemoryFit, device_type, peak_bytes
 
 
 def test_the_snapshot_is_what_the_registries_say_now():
-    fresh = json.loads(json.dumps(catalog.build_snapshot()))
-    assert fresh == json.loads(catalog.SNAPSHOT.read_text()), "stale: run `python -m snows_core.catalog`"
+    fresh = catalog.dumps(catalog.build_snapshot())
+    assert fresh == catalog.SNAPSHOT.read_text(), "stale: run `python -m snows_core.catalog`"
 
 
 def test_the_snapshot_holds_each_zoo_models_shapes_and_footprint():
