@@ -68,17 +68,21 @@ def sensitivity_scan(
     grid = scan_sparsities(config.layer_sparsity_cap)
     losses, numel = {}, {}
     for index, node in enumerate(nodes):
-        weight = gm.get_submodule(node.target).weight
-        numel[node.target] = weight.numel()
-        everything = torch.ones_like(weight, dtype=torch.bool)
-        dense, _ = layer_problem(gm, node, path, 0, everything, config.batch_size, window=build_tail(gm, node))
+        dense = _output_problem(gm, node, path, config)
+        numel[node.target] = dense.dense_weight.numel()
         losses[node.target] = [
-            _scan_loss(dense, choose(node, kept_count(weight.numel(), s), dense), config) for s in grid
+            _scan_loss(dense, choose(node, kept_count(numel[node.target], s), dense), config) for s in grid
         ]
         path.release_before(node)
         if emit is not None:
             emit(LayerScanned(node.target, index, len(nodes), grid, losses[node.target]))
     return SensitivityScan(grid, losses, numel, MEASURE)
+
+
+def _output_problem(gm: fx.GraphModule, node: fx.Node, path: PrunedPath, config: PruneConfig) -> LayerProblem:
+    """The layer's dense problem with the window reaching the logits (the scan's measure)."""
+    everything = torch.ones_like(gm.get_submodule(node.target).weight, dtype=torch.bool)
+    return layer_problem(gm, node, path, 0, everything, config.batch_size, window=build_tail(gm, node))[0]
 
 
 def _scan_loss(dense: LayerProblem, choice: MaskChoice, config: PruneConfig) -> float:
@@ -134,12 +138,12 @@ def sensitivity_grid(
     top1_dense = test.top1(dense_logits)
     losses, numel = {}, {}
     for index, node in enumerate(nodes):
-        weight = gm.get_submodule(node.target).weight
-        numel[node.target] = weight.numel()
-        everything = torch.ones_like(weight, dtype=torch.bool)
-        tail, _ = layer_problem(gm, node, path, 0, everything, config.batch_size, window=build_tail(gm, node))
+        tail = _output_problem(gm, node, path, config)
+        numel[node.target] = tail.dense_weight.numel()
         cells = [
-            _cell(gm, node, path, config, tail, choose(node, kept_count(weight.numel(), s), tail), test, dense_logits)
+            _cell(
+                gm, node, path, config, tail, choose(node, kept_count(numel[node.target], s), tail), test, dense_logits
+            )
             for s in grid
         ]
         losses[node.target] = [cell["output_loss"] for cell in cells]
@@ -147,7 +151,7 @@ def sensitivity_grid(
         columns = {key: [cell[key] for cell in cells] for key in cells[0]}
         emit(
             LayerSensitivity(
-                node.target, index, len(nodes), grid, **columns, top1_dense=top1_dense, numel=weight.numel()
+                node.target, index, len(nodes), grid, **columns, top1_dense=top1_dense, numel=numel[node.target]
             )
         )
     return SensitivityScan(grid, losses, numel, MEASURE)

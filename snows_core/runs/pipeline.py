@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from snows_core.data import calibration_indices, load_dataset, stack_images
 from snows_core.events import Evaluation, EventSink
@@ -65,25 +66,17 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
     """Load the spec's model and data, prune, evaluate: the pruned result and its summary (the result row)."""
     tic = time.perf_counter()
     config = spec.config
-    device = resolve_device(config.device)
-    model = create_model(spec.model, checkpoint=spec.checkpoint)
-    train = load_dataset(spec.dataset, "train", spec.data_root)
-    calib_ids = calibration_indices(len(train), config.n_calib, config.seed)  # (n_calib,)
-    test = load_dataset(spec.dataset, "test", spec.data_root)
+    device, model, calib, test, calib_ids = _load(spec)
     dense = evaluate(model, test, device=device, limit=spec.eval_size)
-    result = prune_model(model, stack_images(train, calib_ids)[0], config, on_event)
+    result = prune_model(model, calib, config, on_event)
     mask_only = evaluate(_with_masks(model, result.masks), test, device=device, limit=spec.eval_size)
     final = evaluate(result.model, test, device=device, limit=spec.eval_size)
     trajectory = _trajectory(model, result, test, device, spec.eval_size, on_event) if spec.trajectory else []
-    ids = calib_ids.tolist()
     summary = {
         "top1_dense": dense["top1"],
         "top1_mask_only": mask_only["top1"],
         "top1_final": final["top1"],
-        "eval_images": final["images"],
-        "eval_subset": f"{spec.dataset}:test[:{final['images']}]",
-        "calib_ids": ids,
-        "calib_digest": hashlib.sha256(f"{spec.dataset}:{ids}".encode()).hexdigest()[:12],
+        **_provenance(spec, calib_ids, final["images"], device),
         "sparsity": result.sparsity,
         "layer_sparsity": {r.name: r.sparsity for r in result.layers},
         "allocation": result.allocation,
@@ -91,8 +84,6 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
         "prune_seconds": result.seconds,
         "seconds": time.perf_counter() - tic,
         "peak_mem": max((r.peak_mem for r in result.layers), default=0),
-        "device": str(device),
-        "environment": environment(device),
     }
     return result, summary
 
@@ -103,30 +94,43 @@ def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[s
     scored on the test subset (`prune.sensitivity_analysis`); report.json holds the result row, whose
     `suggested_sparsities` are what a run with allocation "sensitivity" at `config.sparsity` allocates."""
     tic = time.perf_counter()
+    device, model, calib, test, calib_ids = _load(spec)
+    test_x, test_y = stack_images(test, list(range(min(spec.eval_size or len(test), len(test)))))  # (N, C, H, W), (N,)
+    suggested = sensitivity_analysis(model, calib, test_x, test_y, spec.config, on_event)
+    summary = {
+        "kind": "sensitivity",
+        "top1_dense": evaluate(model, test, device=device, limit=spec.eval_size)["top1"],
+        "suggested_sparsities": suggested,
+        **_provenance(spec, calib_ids, len(test_y), device),
+        "seconds": time.perf_counter() - tic,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps({**summary, "spec": spec.to_dict()}, indent=2))
+    return summary
+
+
+def _load(spec: RunSpec) -> tuple[torch.device, torch.nn.Module, torch.Tensor, Dataset, torch.Tensor]:
+    """The spec's device, model, calibration images (n_calib, C, H, W), test split and calibration ids."""
     config = spec.config
     device = resolve_device(config.device)
     model = create_model(spec.model, checkpoint=spec.checkpoint)
     train = load_dataset(spec.dataset, "train", spec.data_root)
     calib_ids = calibration_indices(len(train), config.n_calib, config.seed)  # (n_calib,)
     test = load_dataset(spec.dataset, "test", spec.data_root)
-    test_x, test_y = stack_images(test, list(range(min(spec.eval_size or len(test), len(test)))))  # (N, C, H, W), (N,)
-    suggested = sensitivity_analysis(model, stack_images(train, calib_ids)[0], test_x, test_y, config, on_event)
+    return device, model, stack_images(train, calib_ids)[0], test, calib_ids
+
+
+def _provenance(spec: RunSpec, calib_ids: torch.Tensor, eval_images: int, device: torch.device) -> dict[str, Any]:
+    """What makes two results comparable: the calibration images, the evaluation subset, the environment."""
     ids = calib_ids.tolist()
-    summary = {
-        "kind": "sensitivity",
-        "top1_dense": evaluate(model, test, device=device, limit=spec.eval_size)["top1"],
-        "suggested_sparsities": suggested,
-        "eval_images": len(test_y),
-        "eval_subset": f"{spec.dataset}:test[:{len(test_y)}]",
+    return {
+        "eval_images": eval_images,
+        "eval_subset": f"{spec.dataset}:test[:{eval_images}]",
         "calib_ids": ids,
         "calib_digest": hashlib.sha256(f"{spec.dataset}:{ids}".encode()).hexdigest()[:12],
-        "seconds": time.perf_counter() - tic,
         "device": str(device),
         "environment": environment(device),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps({**summary, "spec": spec.to_dict()}, indent=2))
-    return summary
 
 
 def _trajectory(
