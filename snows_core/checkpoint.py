@@ -52,8 +52,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, SafetensorError, RuntimeError, ValueError, EOFError, OSError) as err:
         raise ValueError(f"cannot read checkpoint {path}: {first_line(err)}") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = _unwrapped(state)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"checkpoint {path} holds no state_dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
@@ -169,8 +168,7 @@ def _pickled_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         zipfile.BadZipFile,
     ):
         return None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = _unwrapped(state)
     if not isinstance(state, dict) or not state or not all(isinstance(v, _Tensor) for v in state.values()):
         return None
     return {str(k).removeprefix("module."): v.shape for k, v in state.items()}
@@ -213,8 +211,15 @@ def _read_legacy(f: IO[bytes]) -> Any:
     return state
 
 
+def _unwrapped(state: Any) -> Any:
+    """The state_dict of a checkpoint that wraps it (``{"state_dict": ..., "best_prec1": ...}``), else itself."""
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        return state["state_dict"]
+    return state
+
+
 def _tensors(state: Any) -> list[_Tensor]:
-    values = state.get("state_dict", state) if isinstance(state, dict) else {}
+    values = _unwrapped(state)
     return [v for v in values.values() if isinstance(v, _Tensor)] if isinstance(values, dict) else []
 
 

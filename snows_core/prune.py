@@ -149,7 +149,7 @@ def sensitivity_analysis(
     emit(RunStarted([n.target for n in nodes], str(device), 1))
     for report in skipped:
         emit(LayerSkipped(report.name, report.skipped))
-    scores = _scores(loop) if not loop.method.in_loop else {n.target: loop.module(n).weight.abs() for n in nodes}
+    scores = {} if loop.method.in_loop else _scores(loop)  # an in-loop method chooses without scores
     test = TestSubset(test_images.to(device, torch.float32), test_labels.to(device), config.batch_size)
     scan = sensitivity_grid(gm, nodes, path, config, _scan_choice(loop, scores), test, emit)
     counts = sensitivity_counts(scan, config.sparsity, config.layer_sparsity_cap)

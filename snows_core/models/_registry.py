@@ -18,7 +18,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from snows_core.catalog import ASSETS, HUBS, default_dataset
+from snows_core.catalog import ASSETS, default_dataset, hub_of
 from snows_core.checkpoint import first_line, load_weights
 from snows_core.registry import Registry
 
@@ -102,7 +102,7 @@ def model_info(name: str) -> ModelInfo:
 
 def input_size(name: str) -> tuple[int, int, int]:
     """The (C, H, W) a model takes: its registered size, or ImageNet's 224 x 224 RGB for hub names."""
-    return HUB_INPUT_SIZE if ":" in name else model_info(name).input_size
+    return HUB_INPUT_SIZE if hub_of(name) else model_info(name).input_size
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -118,9 +118,9 @@ def create_model(name: str, pretrained: bool = True, checkpoint: str | Path | No
         pretrained: load the shipped (or, for hub names, downloaded) weights; False = random init.
         checkpoint: a safetensors file or state_dict to load instead (never unpickles code).
     """
-    hub, _, hub_name = name.partition(":")
-    if hub in HUBS and hub_name:
-        model = _hub_model(hub, hub_name, pretrained and checkpoint is None, **kwargs)
+    hub = hub_of(name)
+    if hub:
+        model = _hub_model(hub, name.partition(":")[2], pretrained and checkpoint is None, **kwargs)
     else:
         info = model_info(name)
         model = info.factory(**kwargs)
@@ -135,12 +135,12 @@ def create_model(name: str, pretrained: bool = True, checkpoint: str | Path | No
 
 def check_hub_name(name: str) -> None:
     """Refuse a timm:NAME / torchvision:NAME that the installed library does not know (nothing downloads)."""
-    hub, _, hub_name = name.partition(":")
-    if hub == "timm" and hub_name:
+    hub, hub_name = hub_of(name), name.partition(":")[2]
+    if hub == "timm":
         import timm
 
         known = timm.is_model(hub_name)
-    elif hub == "torchvision" and hub_name:
+    elif hub == "torchvision":
         import torchvision
 
         known = hub_name in torchvision.models.list_models()

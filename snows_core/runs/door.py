@@ -75,7 +75,7 @@ def device_type(device: str) -> str:
 
 
 def _check_model(spec: RunSpec) -> None:
-    if ":" in spec.model:
+    if catalog.hub_of(spec.model):
         _check_hub_model(spec)
         return
     info = catalog.entry("model", spec.model)  # an unknown name: "model must be one of ..."
