@@ -50,6 +50,23 @@ def test_lstsq_conv_equals_closed_form_on_im2col():
     torch.testing.assert_close(got, expected)
 
 
+def test_lstsq_grouped_conv_solves_each_row_on_its_own_group_and_kept_inputs():
+    g = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False).double()
+    x = torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64)
+    mask = torch.rand(conv.weight.shape, generator=g) > 0.3
+    mask[1] = False  # a row with nothing kept
+    mask[2] = True  # a dense row: the widest system
+    got = lstsq_weight(conv, x, x, conv.weight.detach(), mask, damping=1e-3)
+    for group in range(2):
+        rows = slice(2 * group, 2 * group + 2)
+        cols = F.unfold(x[:, 2 * group : 2 * group + 2], 3, padding=1).transpose(1, 2).reshape(-1, 18)  # (N*L, 18)
+        weight = conv.weight.detach()[rows].reshape(2, 18)
+        expected = ridge_rows(cols, cols @ weight.T, mask[rows].reshape(2, 18), ridge=1e-3 * 6 * 4 * 25 / 2)
+        torch.testing.assert_close(got[rows].reshape(2, 18), expected)
+    assert not got[1].any()
+
+
 def make_problem(model, layer: str, k: int, sparsity: float = 0.6) -> LayerProblem:
     gm = trace(model)
     node = next(n for n in prunable_nodes(gm) if n.target == layer)
