@@ -97,6 +97,7 @@ FORM_DEFAULTS = {
     "device": DEFAULTS.device,
     "eval_size": 1000,
     "trajectory": False,
+    "measure_speed": False,
     "data_root": "",
 }
 SAVED = "launch_form"  # plain state: Streamlit drops widget state while another page is shown
@@ -161,6 +162,7 @@ def build_specs() -> list[RunSpec]:
         ),
         eval_size=int(s["eval_size"]) or None,
         trajectory=bool(s["trajectory"]),
+        measure_speed=bool(s["measure_speed"]),
         checkpoint=uploaded_checkpoint(),
         data_root=s["data_root"].strip() or None,
     )
@@ -247,6 +249,12 @@ with right:
     st.text_input("K (reconstruction depth)", key="ks", help="Operations deeper to reconstruct; comma-separated")
     st.number_input("Test images scored (0: all)", min_value=0, step=500, key="eval_size")
     st.checkbox("Record the accuracy trajectory (top-1 after every layer)", key="trajectory")
+    st.checkbox(
+        "Measure inference speed",
+        key="measure_speed",
+        help="Time the pruned model against its dense execution on the run's device and size its weights. "
+        "Only NVIDIA GPUs have a sparse kernel (2:4, Linear layers); elsewhere the speed-up is 1.0x.",
+    )
 
 with st.expander("Advanced"):
     a, b, c = st.columns(3)

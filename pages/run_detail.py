@@ -14,6 +14,7 @@ from snows_core.dashboard.frames import (
     layers_frame,
     line_search_frame,
     scan_frame,
+    speed_figures,
     steps_frame,
     trajectory_frame,
 )
@@ -94,7 +95,9 @@ def body(row: pd.Series) -> None:
             )
         )
         return
-    solve, per_layer, allocation, through = st.tabs(["Newton-CG solve", "Per layer", "Allocation", "Trajectory"])
+    solve, per_layer, allocation, through, speed = st.tabs(
+        ["Newton-CG solve", "Per layer", "Allocation", "Trajectory", "Speed"]
+    )
     with solve:
         if not steps.empty:
             newton_solve(steps, events)
@@ -131,6 +134,23 @@ def body(row: pd.Series) -> None:
             st.caption("Not recorded for this run: tick *Record the accuracy trajectory* when launching.")
         else:
             st.plotly_chart(charts.trajectory(points, row["top1_dense"]), key="trajectory")
+    with speed:
+        measured_speed((store().result(row["id"]) or {}).get("speed"))
+
+
+def measured_speed(speed: dict | None) -> None:
+    """Dense vs pruned latency and file size, as measured on the run's device."""
+    if speed is None:
+        st.caption("Not measured for this run: tick *Measure inference speed* when launching.")
+        return
+    figures = speed_figures(speed)
+    st.metric("speed-up", figures["headline"])
+    st.markdown(f"**Latency** {figures['latency']}  \n**Weights** {figures['size']}")
+    st.caption(figures["reason"])
+    if speed["dense_layers"]:
+        st.dataframe(
+            pd.DataFrame(speed["dense_layers"].items(), columns=["layer", "why it ran dense"]), hide_index=True
+        )
 
 
 def newton_solve(steps: pd.DataFrame, events: list[dict]) -> None:

@@ -104,11 +104,16 @@ def _add_store_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """How a run is scored, the same for prune, submit and sweep: --eval-size, --trajectory."""
+    """How a run is scored, the same for prune, submit and sweep: --eval-size, --trajectory, --measure-speed."""
     default = RunSpec.__dataclass_fields__["eval_size"].default
     help_text = f"test images scored (default {default}; 0: all)"
     parser.add_argument("--eval-size", type=int, default=default, help=help_text)
     parser.add_argument("--trajectory", action="store_true", help="also score the network after every layer")
+    parser.add_argument(
+        "--measure-speed",
+        action="store_true",
+        help="also time the pruned model against its dense execution and size its weights (dense vs sparse)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +200,11 @@ def _prune(args: argparse.Namespace) -> int:
         f"top-1: dense {summary['top1_dense']:.4f} -> mask only {summary['top1_mask_only']:.4f} -> final "
         f"{summary['top1_final']:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s"
     )
+    if "speed" in summary:
+        from snows_core.dashboard.frames import speed_figures
+
+        figures = speed_figures(summary["speed"])
+        print(f"speed: {figures['headline']}; {figures['latency']}; {figures['size']}. {figures['reason']}")
     result.save(args.out, {**summary, "spec": spec.to_dict()})
     print(f"wrote {args.out}")
     return 0
@@ -218,6 +228,7 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
         checkpoint=args.checkpoint,
         data_root=args.data_root,
         kind=getattr(args, "kind", "prune"),
+        measure_speed=args.measure_speed,
     )
 
 

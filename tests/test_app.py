@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from snows_core.runs import RunStore
+from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.process import exclusive
-from tests.store_fixtures import add_sensitivity_run, add_staged_run, populate
+from tests.store_fixtures import LAYERS, add_sensitivity_run, add_staged_run, populate, result, solve_events
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "sensitivity", "learn"]
@@ -91,6 +91,7 @@ def test_the_launch_form_queues_the_chosen_spec(home):
     at.text_input(key="sparsities").set_value("0.3")
     at.number_input(key="n_calib").set_value(32)
     at.number_input(key="eval_size").set_value(100)
+    at.checkbox(key="measure_speed").check()
     at.run()
     assert "sweep of 2 runs" in at.markdown[-1].value or any("sweep of 2 runs" in m.value for m in at.markdown)
     at.button[-1].click().run()  # Launch
@@ -101,6 +102,7 @@ def test_the_launch_form_queues_the_chosen_spec(home):
     assert {c["mask"] for c in configs} == {"magnitude", "wanda"}
     assert all(c["sparsity"] == 0.3 and c["reconstruction"] == "none" and c["n_calib"] == 32 for c in configs)
     assert all(r["spec"]["model"] == "mlp" and r["spec"]["eval_size"] == 100 for r in runs)
+    assert all(r["spec"]["measure_speed"] for r in runs)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +220,23 @@ def test_a_sensitivity_run_in_run_detail_points_to_its_page(home):
     scan = add_sensitivity_run(home)
     at = open_page("run_detail", run=scan)
     assert "sensitivity scan" in at.info[0].value and at.get("page_link")
+
+
+def test_run_detail_shows_the_measured_speed_or_how_to_get_it(home):
+    ids = populate(home)
+    store = RunStore(home)
+    measured = store.create(RunSpec(model="mlp", measure_speed=True), "0.1.0")
+    store.claim_next(pid=1)
+    solve_events(store, measured, LAYERS)
+    speed = {
+        "device": "cpu", "kernel": "dense", "speedup": 1.0, "dense_ms": 2.0, "pruned_ms": 2.0, "batch": 64,
+        "dtype": "float32", "dense_bytes": 2**21, "sparse_bytes": 2**20, "sparse_layers": [], "dense_layers": {},
+        "reason": "CPU: no sparse kernel, the pruned model runs dense with zeros", "max_rel_error": None,
+        "double_checked": False,
+    }  # fmt: skip
+    store.finish(measured, RunStatus.DONE, {**result(0.9), "speed": speed})
+    at = open_page("run_detail", run=measured)
+    assert [m.value for m in at.metric if m.label == "speed-up"] == ["1.0x, CPU, no sparse kernel"]
+    assert "2.00 MiB dense, 1.00 MiB sparse" in " ".join(m.value for m in at.markdown)
+    at = open_page("run_detail", run=ids["done"])
+    assert any("Measure inference speed" in c.value for c in at.caption)

@@ -8,6 +8,8 @@ Top-1 is measured on the same test images three times: dense, mask only (the den
 final masks), and final. With `spec.trajectory` it is also measured after each pruned layer: SNOWS
 changes only the layer being solved, so the network after layer i is the dense one with the final
 weights of layers 0..i, rebuilt here without touching the solve (with stages: the last pass's weights).
+With `spec.measure_speed` the pruned model is also timed against its dense execution on the run's
+device (`snows_core.speed.measure`, on the first SPEED_BATCH test images).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from snows_core.runs.spec import RunSpec
 
 __all__ = ["RUNNERS", "register_runner", "run_spec", "run_sensitivity", "execute"]
 
+SPEED_BATCH = 64  # test images per timed forward when a run measures speed
 Runner = Callable[[RunSpec, Path, EventSink], dict[str, Any]]
 RUNNERS: Registry[Runner] = Registry("kind", ordered=True)  # RunSpec.kind -> runner (a test checks RUN_KINDS)
 
@@ -84,6 +87,7 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
         "prune_seconds": result.seconds,
         "seconds": time.perf_counter() - tic,
         "peak_mem": max((r.peak_mem for r in result.layers), default=0),
+        **({"speed": _speed(result, test, device)} if spec.measure_speed else {}),
     }
     return result, summary
 
@@ -155,6 +159,13 @@ def _trajectory(
         on_event(event)
         points.append({k: v for k, v in event.to_dict().items() if k != "kind"})
     return points
+
+
+def _speed(result: PruneResult, test: Dataset, device: torch.device) -> dict[str, Any]:
+    from snows_core.speed import measure
+
+    batch, _ = stack_images(test, list(range(min(SPEED_BATCH, len(test)))))  # (B, C, H, W)
+    return measure(result.model, result.masks, device, batch).to_dict()
 
 
 def _with_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor], copy_model: bool = True) -> torch.nn.Module:

@@ -38,6 +38,8 @@ class RunSpec:
             sparsities with the config's mask method and reconstruction, measured (`config.sparsity` is the
             target its suggested per-layer sparsities reach). Stored only when not "prune", so every spec
             from before kinds existed keeps its hash.
+        measure_speed: after pruning, time the dense and the pruned model and size their weights
+            (`snows_core.speed.measure`); stored only when true, for the same reason.
     """
 
     model: str
@@ -48,6 +50,7 @@ class RunSpec:
     checkpoint: str | None = None
     data_root: str | None = None
     kind: str = "prune"
+    measure_speed: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, PruneConfig):
@@ -72,6 +75,10 @@ class RunSpec:
             raise ValueError(f"trajectory must be true or false; got {self.trajectory!r}")
         if self.kind not in RUN_KINDS:
             raise ValueError(f"kind must be one of {', '.join(map(repr, RUN_KINDS))}; got {self.kind!r}")
+        if not isinstance(self.measure_speed, bool):
+            raise ValueError(f"measure_speed must be true or false; got {self.measure_speed!r}")
+        if self.measure_speed and self.kind != "prune":
+            raise ValueError(f"measure_speed needs kind 'prune' (a {self.kind} run keeps no pruned model)")
         if self.kind == "sensitivity" and (self.config.nm or catalog.entry("mask", self.config.mask)["user_supplied"]):
             raise ValueError(
                 "kind 'sensitivity' needs pattern 'unstructured' and a mask method that chooses masks; "
@@ -102,6 +109,7 @@ class RunSpec:
             "checkpoint": self.checkpoint,
             "data_root": self.data_root,
             **({"kind": self.kind} if self.kind != "prune" else {}),
+            **({"measure_speed": True} if self.measure_speed else {}),
         }
 
     @classmethod
