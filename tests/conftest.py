@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny hand-made models and the path to ../shared (or $SNOWS_SHARED)."""
+"""Shared fixtures: tiny hand-made models and the path to ../shared (or $SNOWS_SHARED); tests marked `cuda`
+are skipped where torch sees no CUDA device."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ import torch.nn.functional as F
 from snows_core.runs import RunStore
 
 SHARED = Path(os.environ.get("SNOWS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 class TinyResNet(nn.Module):

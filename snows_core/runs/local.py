@@ -3,7 +3,9 @@
 - The dispatcher is one detached process per $SNOWS_HOME (it holds an exclusive lock on
   ``dispatcher.lock``; a second one exits at once). It serves queued runs in FIFO order, starting each
   in a worker process of the ``spawn`` context (CUDA cannot be re-initialised in a forked child): one
-  at a time per GPU, up to $SNOWS_CPU_WORKERS (default 1) on CPU, and exits when idle.
+  at a time per GPU, up to $SNOWS_CPU_WORKERS (default 1) on CPU, and exits when idle. Each worker on a
+  GPU machine is given the lowest-numbered free GPU: a spec whose device is "auto" or "cuda" runs on
+  ``cuda:N`` (the stored spec, and its hash, stay as submitted); an explicit "cuda:N" or "cpu" is kept.
 - A worker marks its run running, streams events into the store, beats every few seconds, and ends
   the run done, failed (with the traceback) or cancelled. A cancel request stored on the run is
   honoured at the next Newton step; the dispatcher terminates a worker that ignores it.
@@ -14,13 +16,14 @@ what every reader of the store calls when runs wait, and it must not cost a torc
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from snows_core.events import Event
@@ -38,7 +41,7 @@ from snows_core.runs.process import (
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
-__all__ = ["ensure_dispatcher", "dispatch", "worker_main"]
+__all__ = ["ensure_dispatcher", "dispatch", "worker_main", "free_gpu", "placed"]
 
 
 def ensure_dispatcher(home: Path) -> None:
@@ -59,17 +62,24 @@ def dispatch(home: Path) -> None:
 def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
     ctx = multiprocessing.get_context("spawn")
     workers: dict[str, multiprocessing.Process] = {}
+    gpus: dict[str, int] = {}  # run id -> the GPU its worker was given
+    n_gpus = _gpu_count()
 
     def tick() -> bool:
         _collect(store, workers)
-        while len(workers) < _slots():
+        for run_id in set(gpus) - set(workers):
+            del gpus[run_id]
+        while len(workers) < (n_gpus or _cpu_slots()):
             run = store.claim_next(pid=0, executor="local")
             if run is None:
                 break
-            process = ctx.Process(target=worker_main, args=(str(home), run["id"]), daemon=False)
+            gpu = free_gpu(gpus.values(), n_gpus)
+            process = ctx.Process(target=worker_main, args=(str(home), run["id"], gpu), daemon=False)
             process.start()
             store.set_worker(run["id"], process.pid)
             workers[run["id"]] = process
+            if gpu is not None:
+                gpus[run["id"]] = gpu
         return bool(workers) or queued()
 
     serve_until_idle(tick)
@@ -91,22 +101,37 @@ def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> No
             del workers[run_id]
 
 
-def _slots() -> int:
+def _gpu_count() -> int:
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.device_count()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _cpu_slots() -> int:
     return max(1, int(os.environ.get("SNOWS_CPU_WORKERS", "1")))
 
 
-def worker_main(home: str, run_id: str) -> None:
-    """Process entry: run one claimed run and record how it ended."""
+def free_gpu(busy: Iterable[int], n_gpus: int) -> int | None:
+    """The lowest-numbered GPU no worker holds (None without GPUs, or when all are held)."""
+    taken = set(busy)
+    return next((gpu for gpu in range(n_gpus) if gpu not in taken), None)
+
+
+def placed(spec: RunSpec, gpu: int | None) -> RunSpec:
+    """`spec` as its worker runs it on `gpu`: "auto" and "cuda" become "cuda:<gpu>"; anything else is kept."""
+    if gpu is None or spec.config.device not in ("auto", "cuda"):
+        return spec
+    return dataclasses.replace(spec, config=dataclasses.replace(spec.config, device=f"cuda:{gpu}"))
+
+
+def worker_main(home: str, run_id: str, gpu: int | None = None) -> None:
+    """Process entry: run one claimed run (on `gpu`, when the dispatcher gave it one) and record how it ended."""
     store = RunStore(home)
     store.set_worker(run_id, os.getpid())
     _limit_threads()
     stop = threading.Event()
     threading.Thread(target=_beat, args=(store, run_id, stop), daemon=True).start()
-    spec = RunSpec.from_dict(store.get(run_id)["spec"])
+    spec = placed(RunSpec.from_dict(store.get(run_id)["spec"]), gpu)
 
     def record(event: Event) -> None:
         store.append_event(run_id, event.kind, event.to_dict())
@@ -137,7 +162,7 @@ def _limit_threads() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // _slots()))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // _cpu_slots()))
 
 
 if __name__ == "__main__":
