@@ -14,11 +14,11 @@ from snows_core.dashboard.frames import (
     layers_frame,
     line_search_frame,
     scan_frame,
-    speed_figures,
     steps_frame,
     trajectory_frame,
 )
 from snows_core.runs import RunStatus
+from snows_core.speed_report import SpeedReport
 
 st.title("Run detail")
 frame = runs()
@@ -143,7 +143,7 @@ def measured_speed(speed: dict | None) -> None:
     if speed is None:
         st.caption("Not measured for this run: tick *Measure inference speed* when launching.")
         return
-    figures = speed_figures(speed)
+    figures = SpeedReport.from_dict(speed).figures()
     st.metric("speed-up", figures["headline"])
     st.markdown(f"**Latency** {figures['latency']}  \n**Weights** {figures['size']}")
     st.caption(figures["reason"])

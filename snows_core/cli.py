@@ -201,9 +201,9 @@ def _prune(args: argparse.Namespace) -> int:
         f"{summary['top1_final']:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s"
     )
     if "speed" in summary:
-        from snows_core.dashboard.frames import speed_figures
+        from snows_core.speed_report import SpeedReport
 
-        figures = speed_figures(summary["speed"])
+        figures = SpeedReport.from_dict(summary["speed"]).figures()
         print(f"speed: {figures['headline']}; {figures['latency']}; {figures['size']}. {figures['reason']}")
     result.save(args.out, {**summary, "spec": spec.to_dict()})
     print(f"wrote {args.out}")

@@ -28,14 +28,13 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
 
+from snows_core.speed_report import DOUBLE_CHECK_ABOVE, SpeedReport
+
 __all__ = [
-    "DOUBLE_CHECK_ABOVE",
     "SpeedReport",
     "measure",
     "sparse_state_dict",
@@ -44,47 +43,8 @@ __all__ = [
     "is_two_four",
 ]
 
-DOUBLE_CHECK_ABOVE = 1.5  # a speed-up above this is measured again before it is believed
 OUTPUT_TOLERANCE = 1e-2  # relative error allowed between the sparse-kernel and the dense float16 outputs
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-
-
-@dataclass(frozen=True)
-class SpeedReport:
-    """Dense vs pruned inference, as measured on one device.
-
-    Attributes:
-        device: where it ran ("cpu", or the GPU's name).
-        kernel: "semi-structured 2:4" when some layers ran through the sparse kernel, else "dense".
-        speedup: dense_ms / pruned_ms, or exactly 1.0 when nothing ran sparse (see `reason`).
-        reason: why the speed-up is what it is, in words.
-        dense_ms, pruned_ms: median latency of one forward over `batch` images.
-        batch, dtype: what was timed.
-        sparse_layers: layers that ran through the sparse kernel; dense_layers: {layer: why it did not}.
-        dense_bytes, sparse_bytes: the pruned weights as dense safetensors, and in the sparse format.
-        max_rel_error: relative difference of the sparse-kernel outputs from the dense ones (None when
-            nothing ran sparse).
-        double_checked: the first figure was above DOUBLE_CHECK_ABOVE; the one reported is the second, longer,
-            interleaved measurement.
-    """
-
-    device: str
-    kernel: str
-    speedup: float
-    reason: str
-    dense_ms: float
-    pruned_ms: float
-    batch: int
-    dtype: str
-    sparse_layers: list[str] = field(default_factory=list)
-    dense_layers: dict[str, str] = field(default_factory=dict)
-    dense_bytes: int = 0
-    sparse_bytes: int = 0
-    max_rel_error: float | None = None
-    double_checked: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def measure(

@@ -5,6 +5,7 @@ The ResNet-20 tests read ../shared ($SNOWS_SHARED); the ViT test reads Fashion-M
 dataset-fashion-mnist or $SNOWS_FASHION_MNIST); each skips, saying so, when its data is missing.
 """
 
+import dataclasses
 import os
 import time
 
@@ -28,10 +29,7 @@ pytestmark = pytest.mark.cuda
 
 
 def cpu_and_cuda(model: nn.Module, calib: torch.Tensor, config: PruneConfig) -> dict[str, object]:
-    return {
-        device: prune_model(model, calib, config.__class__(**{**config.to_dict(), "device": device}))
-        for device in ("cpu", "cuda")
-    }
+    return {device: prune_model(model, calib, dataclasses.replace(config, device=device)) for device in ("cpu", "cuda")}
 
 
 def assert_alike(results: dict, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
@@ -96,7 +94,7 @@ def test_the_queue_runs_one_run_per_gpu_and_records_the_device(home, shared):
     specs = [
         RunSpec(
             "resnet20_cifar10",
-            config=config.__class__(**{**config.to_dict(), "seed": seed}),
+            config=dataclasses.replace(config, seed=seed),
             eval_size=200,
             checkpoint=str(shared / "models" / "resnet20-cifar10.th"),
             data_root=str(shared / "data" / "cifar10-subset.npz"),

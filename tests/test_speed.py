@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load, save
 
-from snows_core.dashboard.frames import speed_figures
 from snows_core.runs.local import free_gpu, placed
 from snows_core.runs.spec import RunSpec
 from snows_core.speed import dense_state_dict, export_sizes, is_two_four, measure, sparse_state_dict
@@ -113,7 +112,7 @@ def test_measure_speed_is_stored_only_when_asked_and_only_for_pruning_runs():
 
 def test_the_speed_figures_say_one_x_on_cpu_without_a_sparse_kernel():
     model, masks = pruned_mlp()
-    figures = speed_figures(measure(model, masks, "cpu", torch.randn(4, 12), repeats=3).to_dict())
+    figures = measure(model, masks, "cpu", torch.randn(4, 12), repeats=3).figures()
     assert figures["headline"] == "1.0x, CPU, no sparse kernel"
     assert figures["reason"] == "CPU: no sparse kernel, the pruned model runs dense with zeros"
     assert figures["latency"].endswith("(4 images, float32, median)")

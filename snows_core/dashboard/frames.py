@@ -38,7 +38,6 @@ __all__ = [
     "reconstruction_label",
     "mask_reconstruction_matrix",
     "comparability",
-    "speed_figures",
     "COMPARABLE_ON",
 ]
 
@@ -299,22 +298,3 @@ def comparability(runs: pd.DataFrame) -> list[str]:
         if len(values) > 1:
             reasons.append(f"{what} differs ({', '.join(map(str, values[:4]))})")
     return reasons
-
-
-def speed_figures(speed: dict[str, Any]) -> dict[str, str]:
-    """A run's measured speed (`SpeedReport.to_dict()`) in words: the headline ("1.0x, CPU, no sparse kernel"),
-    latencies, file sizes, and why."""
-    device = "CPU" if speed["device"] == "cpu" else speed["device"]
-    if speed["kernel"] == "dense":
-        headline = f"{speed['speedup']:.1f}x, {device}, no sparse kernel"
-    else:
-        headline = f"{speed['speedup']:.2f}x, {device}, {speed['kernel']} kernel"
-    return {
-        "headline": headline,
-        "latency": f"{speed['dense_ms']:.1f} ms dense, {speed['pruned_ms']:.1f} ms pruned "
-        f"({speed['batch']} images, {speed['dtype']}, median)",
-        "size": f"{speed['dense_bytes'] / 2**20:.2f} MiB dense, {speed['sparse_bytes'] / 2**20:.2f} MiB sparse "
-        f"(values + 1-bit mask): {speed['sparse_bytes'] / speed['dense_bytes']:.0%} of dense",
-        "reason": speed["reason"]
-        + (" Measured twice: the first figure was above 1.5x." if speed["double_checked"] else ""),
-    }

@@ -1,0 +1,234 @@
+"""Benchmark: what a SNOWS run costs at the paper's ViT sizes, and whether 2:4 makes the model faster.
+
+Models: timm `vit_base_patch16_224` (86M parameters) and `vit_large_patch16_224` (304M), built without
+downloading (pretrained=False: random weights with the real shapes, which is all cost depends on;
+--checkpoint loads trained ones). Pruned as the paper prunes ViTs: 2:4 on every block's attn.qkv,
+attn.proj, mlp.fc1 and mlp.fc2, magnitude mask, the engine's defaults otherwise (least-squares warm
+start, one Newton pass of 10 CG iterations). Calibration images: an ImageFolder (--images DIR, resized
+and centre-cropped to 224, ImageNet normalisation) or a seeded random tensor.
+
+1. Per layer, for each n_calib in --n-calib and K in --ks, on the first --blocks blocks: seconds, peak
+   memory (the CUDA allocator's peak on a GPU, the process's resident high-water mark on CPU, so it
+   includes the model's two copies) and the exact HVP / window-forward ratio on that layer's problem.
+2. The projection of a full run: a ViT's blocks are identical, so a full run is `depth` times one block's
+   four layers. Each layer's seconds are fitted as a + b * n_calib over the measured n_calib: the warm
+   start's per-row Cholesky solves (out x (d/2)^3 / 3 for 2:4) do not depend on n_calib; the Gram
+   matrices, window forwards and HVPs grow linearly with it.
+3. With --full: the whole model pruned (every block) at --full-at's n_calib and K: seconds and peak memory.
+4. With --speed: `snows_core.speed.measure` on the 2:4 model (dense vs 2:4 kernel on CUDA; 1.0x elsewhere).
+
+Memory does not grow with the number of layers pruned: activations live in `PrunedPath` (one for the
+pruned network, one for the dense targets), each holding only the live frontier on all calibration
+images, the values some later node still reads; after each layer `release_before` drops everything
+before it, and the window's autograd buffers are freed when the layer's solve returns. The per-layer
+peaks of block 2 match block 1's (see the table).
+
+    .venv/bin/python benchmarks/bench_scale.py [--models vit_base_patch16_224] [--n-calib 16,64] [--ks 0,3]
+        [--blocks 2] [--device cpu] [--images DIR] [--full [--full-at 64,3]] [--speed] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_solver import layer_costs
+
+from snows_core import PruneConfig, prune_model
+from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.masks import nm_mask
+from snows_core.prune import resolve_device
+from snows_core.reconstruct import layer_problem
+from snows_core.speed import measure
+
+BLOCK_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def vit(name: str, checkpoint: Path | None) -> torch.nn.Module:
+    import timm
+
+    model = timm.create_model(name, pretrained=False)
+    if checkpoint is not None:
+        from snows_core.checkpoint import load_weights
+
+        load_weights(model, checkpoint)
+    return model.eval().requires_grad_(False)
+
+
+def calibration(n: int, images: Path | None, seed: int = 0) -> torch.Tensor:
+    """(n, 3, 224, 224): the first n of a seeded shuffle of an ImageFolder, or seeded N(0, 1) pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    if images is None:
+        return torch.randn(n, 3, 224, 224, generator=generator)
+    from torchvision import datasets, transforms
+
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    folder = datasets.ImageFolder(str(images), preprocess)
+    order = torch.randperm(len(folder), generator=generator)[:n]
+    return torch.stack([folder[int(i)][0] for i in order])
+
+
+def layer_names(blocks: range) -> tuple[str, ...]:
+    return tuple(f"blocks.{b}.{layer}" for b in blocks for layer in BLOCK_LAYERS)
+
+
+def prune_blocks(
+    model: torch.nn.Module, calib: torch.Tensor, blocks: range, k: int, device: str
+) -> tuple[list[dict[str, Any]], float, int]:
+    """Prune the blocks' four layers at 2:4: each layer's report, the total seconds and the run's peak bytes."""
+    config = PruneConfig(
+        pattern="2:4", n_calib=len(calib), batch_size=len(calib), k=k, layers=layer_names(blocks), device=device
+    )
+    if resolve_device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tic = time.perf_counter()
+    result = prune_model(model, calib, config)
+    seconds = time.perf_counter() - tic
+    peak = torch.cuda.max_memory_allocated() if resolve_device(device).type == "cuda" else 0
+    return [r.to_dict() for r in result.layers], seconds, max(peak, *(r.peak_mem for r in result.layers))
+
+
+def hvp_ratio(model: torch.nn.Module, calib: torch.Tensor, name: str, k: int, device: str) -> float:
+    """Exact HVP / window forward on the layer's problem at 2:4 (fastest of 3 each), the dense network's."""
+    target = resolve_device(device)
+    gm = trace(model.to(target))
+    node = next(n for n in prunable_nodes(gm) if n.target == name)
+    mask = nm_mask(gm.get_submodule(name).weight.abs(), 2, 4)
+    path = PrunedPath(gm, calib.to(target), len(calib))
+    problem, _ = layer_problem(gm, node, path, k, mask, len(calib))
+    v = torch.randn(int(mask.sum()), generator=torch.Generator().manual_seed(0)).to(target)
+    with sdpa_kernel([SDPBackend.MATH]):  # as the engine solves: fused attention has no second derivative
+        forward, product = layer_costs(problem, v, repeats=3)
+    return product / forward
+
+
+def fit(points: dict[int, float]) -> tuple[float, float]:
+    """(a, b) of seconds = a + b * n_calib by least squares, a >= 0 (else, and with one point, b alone)."""
+    ns = sorted(points)
+    mean_n, mean_t = sum(ns) / len(ns), sum(points.values()) / len(ns)
+    spread = sum((n - mean_n) ** 2 for n in ns)
+    b = sum((n - mean_n) * (points[n] - mean_t) for n in ns) / spread if spread else 0.0
+    if not spread or mean_t - b * mean_n < 0:
+        return 0.0, sum(n * points[n] for n in ns) / sum(n * n for n in ns)
+    return mean_t - b * mean_n, b
+
+
+def per_layer_table(model_name: str, model: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    print(f"\n### {model_name}: per layer, 2:4, first {args.blocks} block(s), on {args.device}\n")
+    print("| n_calib | K | layer | seconds | peak MiB | CG iters | HVP / forward |")
+    print("|---|---|---|---|---|---|---|")
+    for n in args.n_calib:
+        calib = calibration(n, args.images)
+        for k in args.ks:
+            reports, _, _ = prune_blocks(model, calib, range(args.blocks), k, args.device)
+            for report in reports:
+                block0 = report["name"].startswith("blocks.0.")
+                ratio = hvp_ratio(model, calib, report["name"], k, args.device) if block0 else float("nan")
+                row = {"model": model_name, "n_calib": n, "k": k, **report, "hvp_ratio": ratio}
+                rows.append(row)
+                cells = f"{report['seconds']:.1f} | {report['peak_mem'] / 2**20:.0f} | {report['cg_iters']}"
+                print(f"| {n} | {k} | {report['name']} | {cells} | {ratio:.2f} |", flush=True)
+    return rows
+
+
+def projection(model_name: str, depth: int, rows: list[dict[str, Any]], ns: list[int]) -> list[str]:
+    """Full-run minutes at each n_calib and K: depth x one block's four layers, each layer's seconds the least
+    over the measured blocks (identical layers: the figure least disturbed by other load), measured where
+    n_calib was run, else from the fit a + b n."""
+    lines = []
+    for k in sorted({r["k"] for r in rows}):
+        least = {}  # (layer, n_calib) -> seconds
+        for r in rows:
+            if r["k"] == k:
+                key = (r["name"].split(".", 2)[2], r["n_calib"])
+                least[key] = min(least.get(key, float("inf")), r["seconds"])
+        fits = [fit({n: t for (name, n), t in least.items() if name == layer}) for layer in BLOCK_LAYERS]
+        for n in sorted({*ns, 16, 64, 256}):
+            measured = n in ns
+            block = sum(least[layer, n] for layer in BLOCK_LAYERS) if measured else sum(a + b * n for a, b in fits)
+            label = "measured" if measured else "projected"
+            lines.append(f"| {model_name} | {k} | {n} | {block:.1f} | {depth * block / 60:.1f} | {label} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vit_base_patch16_224")
+    parser.add_argument("--n-calib", default="16,64", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--ks", default="0,3", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--blocks", type=int, default=2, help="blocks pruned in the per-layer table")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=Path, default=None, help="an ImageFolder for calibration")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--full", action="store_true", help="also prune every block (at --full-at)")
+    parser.add_argument("--full-at", default="64,3", help="n_calib,K of the full run")
+    parser.add_argument("--speed", action="store_true", help="also measure dense vs 2:4 latency")
+    parser.add_argument("--speed-batch", type=int, default=256)
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    figures: dict[str, Any] = {"device": args.device, "layers": [], "projection": [], "full": [], "speed": []}
+    if resolve_device(args.device).type == "cuda":
+        figures["device_name"] = torch.cuda.get_device_name()
+    lines = []
+    for name in args.models.split(","):
+        model = vit(name, args.checkpoint)
+        rows = per_layer_table(name, model, args) if args.n_calib else []
+        figures["layers"] += rows
+        lines += projection(name, len(model.blocks), rows, args.n_calib) if rows else []
+        if args.full:
+            n, k = (int(v) for v in args.full_at.split(","))
+            reports, seconds, peak = prune_blocks(
+                model, calibration(n, args.images), range(len(model.blocks)), k, args.device
+            )
+            figures["full"].append({"model": name, "n_calib": n, "k": k, "seconds": seconds, "peak_mem": peak})
+            print(f"\n{name} full run: {len(reports)} layers, n_calib {n}, K={k}: ", end="")
+            print(f"{seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
+        if args.speed:
+            figures["speed"].append({"model": name, **speed(model, args)})
+    print("\n### Projected full runs (a ViT's blocks are identical)\n")
+    print("| model | K | n_calib | one block s | full run min | block |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    figures["projection"] = lines
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=float))
+
+
+def speed(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+    """2:4 magnitude masks on every block layer (latency does not depend on the values), then `measure`."""
+    pruned = copy.deepcopy(model).cpu()
+    masks = {}
+    for name in layer_names(range(len(pruned.blocks))):
+        layer = pruned.get_submodule(name)
+        masks[name] = nm_mask(layer.weight.abs(), 2, 4)
+        layer.weight.mul_(masks[name])
+    report = measure(pruned, masks, resolve_device(args.device), calibration(args.speed_batch, None)).to_dict()
+    print(f"\nspeed at batch {args.speed_batch}: {report['speedup']:.3f}x on {report['device']} ({report['kernel']}): ")
+    print(f"dense {report['dense_ms']:.1f} ms, 2:4 {report['pruned_ms']:.1f} ms; {report['reason']}")
+    print(f"weights: {report['dense_bytes'] / 2**20:.0f} MiB dense, {report['sparse_bytes'] / 2**20:.0f} MiB sparse")
+    return report
+
+
+if __name__ == "__main__":
+    main()
