@@ -11,7 +11,8 @@ and centre-cropped to 224, ImageNet normalisation) or a seeded random tensor.
    memory (the CUDA allocator's peak on a GPU, the process's resident high-water mark on CPU, so it
    includes the model's two copies) and the exact HVP / window-forward ratio on that layer's problem.
 2. The projection of a full run: a ViT's blocks are identical, so a full run is `depth` times one block's
-   four layers. Each layer's seconds are fitted as a + b * n_calib over the measured n_calib: the warm
+   four layers, each the least over the measured blocks (identical layers: the figure least disturbed by
+   other load). Each layer's seconds are fitted as a + b * n_calib over the measured n_calib: the warm
    start's per-row Cholesky solves (out x (d/2)^3 / 3 for 2:4) do not depend on n_calib; the Gram
    matrices, window forwards and HVPs grow linearly with it.
 3. With --full: the whole model pruned (every block) at --full-at's n_calib and K: seconds and peak memory.

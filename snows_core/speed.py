@@ -70,6 +70,7 @@ def measure(
     name = torch.cuda.get_device_name(device)
     error, refusal = _check_outputs(sparse, dense, x) if sparse_layers else (None, "no layer fits the 2:4 kernel")
     if refusal:
+        dense_layers |= dict.fromkeys(sparse_layers, "converted, but not timed: see the reason")
         latency = _median_ms(dense, x, device, repeats)
         reason = refusal + (f" ({_tally(dense_layers)})" if dense_layers else "")
         return SpeedReport(name, "dense", 1.0, reason, latency, latency, "float16", [], dense_layers, **sizes)
