@@ -39,12 +39,15 @@ OFFICIAL = dict(targets="official", k=3, cg_iters=20, newton_passes=2, warm_star
 
 
 def fastest(fn: Callable[[], object], repeats: int) -> float:
-    """Seconds of the fastest of `repeats` calls, after one warm-up call."""
+    """Seconds of the fastest of `repeats` calls, after one warm-up call (on a GPU, the work waited for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
     fn()
     best = float("inf")
     for _ in range(repeats):
+        sync()
         tic = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - tic)
     return best
 
