@@ -121,12 +121,11 @@ def hvp_ratio(model: torch.nn.Module, calib: torch.Tensor, name: str, k: int, de
 
 
 def fit(points: dict[int, float]) -> tuple[float, float]:
-    """(a, b) of seconds = a + b * n_calib by least squares, a >= 0 (else, and with one point, b alone)."""
+    """(a, b) of seconds = a + b * n_calib by least squares over two or more n_calib, a >= 0 (else b alone)."""
     ns = sorted(points)
     mean_n, mean_t = sum(ns) / len(ns), sum(points.values()) / len(ns)
-    spread = sum((n - mean_n) ** 2 for n in ns)
-    b = sum((n - mean_n) * (points[n] - mean_t) for n in ns) / spread if spread else 0.0
-    if not spread or mean_t - b * mean_n < 0:
+    b = sum((n - mean_n) * (points[n] - mean_t) for n in ns) / sum((n - mean_n) ** 2 for n in ns)
+    if mean_t - b * mean_n < 0:
         return 0.0, sum(n * points[n] for n in ns) / sum(n * n for n in ns)
     return mean_t - b * mean_n, b
 
@@ -161,8 +160,12 @@ def projection(model_name: str, depth: int, rows: list[dict[str, Any]], ns: list
             if r["k"] == k:
                 key = (r["name"].split(".", 2)[2], r["n_calib"])
                 least[key] = min(least.get(key, float("inf")), r["seconds"])
-        fits = [fit({n: t for (name, n), t in least.items() if name == layer}) for layer in BLOCK_LAYERS]
-        for n in sorted({*ns, 16, 64, 256}):
+        if len(ns) < 2:  # one n_calib cannot separate the warm start's fixed cost from the per-image one
+            fits, wanted = [], ns
+        else:
+            fits = [fit({n: t for (name, n), t in least.items() if name == layer}) for layer in BLOCK_LAYERS]
+            wanted = sorted({*ns, 16, 64, 256})
+        for n in wanted:
             measured = n in ns
             block = sum(least[layer, n] for layer in BLOCK_LAYERS) if measured else sum(a + b * n for a, b in fits)
             label = "measured" if measured else "projected"
