@@ -9,6 +9,8 @@
 # else python3 (a machine with torch, timm, safetensors, pandas and pytest). The ResNet-20 steps read
 # the CIFAR-10 subset and checkpoint under $SNOWS_SHARED (default ../shared); the ViT test reads
 # Fashion-MNIST ($SNOWS_FASHION_MNIST or Debian's package); without them those steps say they skipped.
+# A machine lent through the `device` tool receives the checkout alone: copy what these read into a folder
+# of the checkout that .git/info/exclude ignores, carry it, and point the two variables there.
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-device_check}}"
