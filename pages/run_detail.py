@@ -143,6 +143,9 @@ def measured_speed(speed: dict | None) -> None:
     if speed is None:
         st.caption("Not measured for this run: tick *Measure inference speed* when launching.")
         return
+    if "error" in speed:
+        st.warning(speed["error"])
+        return
     figures = SpeedReport.from_dict(speed).figures()
     st.metric("speed-up", figures["headline"])
     st.markdown(f"**Latency** {figures['latency']}  \n**Weights** {figures['size']}")

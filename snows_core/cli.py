@@ -203,8 +203,12 @@ def _prune(args: argparse.Namespace) -> int:
     if "speed" in summary:
         from snows_core.speed_report import SpeedReport
 
-        figures = SpeedReport.from_dict(summary["speed"]).figures()
-        print(f"speed: {figures['headline']}; {figures['latency']}; {figures['size']}. {figures['reason']}")
+        speed = summary["speed"]
+        if "error" in speed:
+            print(f"speed: {speed['error']}")
+        else:
+            figures = SpeedReport.from_dict(speed).figures()
+            print(f"speed: {figures['headline']}; {figures['latency']}; {figures['size']}. {figures['reason']}")
     result.save(args.out, {**summary, "spec": spec.to_dict()})
     print(f"wrote {args.out}")
     return 0

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from snows_core.checkpoint import first_line
 from snows_core.speed_report import DOUBLE_CHECK_ABOVE, SpeedReport
 
 __all__ = [
@@ -159,7 +160,7 @@ def _to_semi_structured(model: nn.Module, masks: dict[str, torch.Tensor]) -> tup
         try:
             module.weight = nn.Parameter(to_sparse_semi_structured(weight), requires_grad=False)
         except (RuntimeError, ValueError) as err:  # shape or GPU outside the kernel's constraints
-            kept_dense[name] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            kept_dense[name] = first_line(err)
             continue
         swapped.append(name)
     return swapped, kept_dense
@@ -201,7 +202,7 @@ def _check_outputs(sparse: nn.Module, dense: nn.Module, x: torch.Tensor) -> tupl
     try:
         error = float((sparse(x).float() - reference).norm() / reference.norm().clamp_min(1e-12))
     except (RuntimeError, NotImplementedError) as err:  # an op of this model the sparse tensor cannot take
-        return None, f"the 2:4 kernel could not run this model: {str(err).splitlines()[0] if str(err) else err!r}"
+        return None, f"the 2:4 kernel could not run this model: {first_line(err)}"
     if not error <= OUTPUT_TOLERANCE:
         return error, f"the 2:4 kernel's outputs differed from the dense ones by {error:.3g} (relative)"
     return error, None

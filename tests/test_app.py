@@ -240,3 +240,9 @@ def test_run_detail_shows_the_measured_speed_or_how_to_get_it(home):
     assert "2.00 MiB dense, 1.00 MiB sparse" in " ".join(m.value for m in at.markdown)
     at = open_page("run_detail", run=ids["done"])
     assert any("Measure inference speed" in c.value for c in at.caption)
+    untimed = store.create(RunSpec(model="mlp", eval_size=500, measure_speed=True), "0.1.0")
+    store.claim_next(pid=1)
+    solve_events(store, untimed, LAYERS)
+    store.finish(untimed, RunStatus.DONE, {**result(0.9), "speed": {"error": "speed not measured: CUDA out of memory"}})
+    at = open_page("run_detail", run=untimed)
+    assert [w.value for w in at.warning] == ["speed not measured: CUDA out of memory"]

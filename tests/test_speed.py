@@ -142,3 +142,18 @@ def test_only_two_four_linears_are_offered_to_the_sparse_kernel_and_each_other_l
     assert dense["0"] == "Conv2d: PyTorch has no 2:4 kernel for it" and dense["3"] == "mask is not 2:4"
     assert swapped == [] and dense["2"]  # on CPU the kernel refuses the tensor; its words are kept
     assert isinstance(model[2].weight, nn.Parameter) and model[2].weight.layout == torch.strided
+
+
+def test_a_run_whose_timing_fails_keeps_its_result_and_says_why(monkeypatch, tmp_path):
+    import snows_core.speed
+    from snows_core import PruneConfig
+    from snows_core.runs.pipeline import run_spec
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(snows_core.speed, "measure", out_of_memory)
+    config = PruneConfig(reconstruction="none", n_calib=32)
+    result, summary = run_spec(RunSpec("mlp", config=config, eval_size=50, measure_speed=True), lambda event: None)
+    assert summary["speed"] == {"error": "speed not measured: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert result.masks and summary["top1_final"] is not None

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from snows_core.checkpoint import first_line
 from snows_core.data import calibration_indices, load_dataset, stack_images
 from snows_core.events import Evaluation, EventSink
 from snows_core.metrics import evaluate
@@ -162,10 +163,15 @@ def _trajectory(
 
 
 def _speed(result: PruneResult, test: Dataset, device: torch.device) -> dict[str, Any]:
+    """The measured speed (`SpeedReport.to_dict()`), or {"error": why} when timing failed (out of memory, say):
+    a run keeps its pruned weights whatever becomes of the timing."""
     from snows_core.speed import measure
 
     batch, _ = stack_images(test, list(range(min(SPEED_BATCH, len(test)))))  # (B, C, H, W)
-    return measure(result.model, result.masks, device, batch).to_dict()
+    try:
+        return measure(result.model, result.masks, device, batch).to_dict()
+    except (RuntimeError, MemoryError) as err:
+        return {"error": f"speed not measured: {first_line(err)}"}
 
 
 def _with_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor], copy_model: bool = True) -> torch.nn.Module:
