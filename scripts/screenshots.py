@@ -4,7 +4,8 @@
 
 STORE should hold some finished runs (e.g. the sweep of benchmarks/bench_queue.py) and, for the
 Sensitivity page, a finished sensitivity scan (the newest is shown). The Learn page is shot at its 2-D
-Newton-CG explorer. `--pages` shoots only the pages named.
+Newton-CG explorer; "speed" is Run detail's Speed tab (of `--speed-run`, a run submitted with
+--measure-speed). `--pages` shoots only the pages named.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.browser import chromium, select_option, serve_app  # noqa: E402
 
-PAGES = ("launch", "runs", "tradeoffs", "compare", "run_detail", "sensitivity", "learn")
+PAGES = ("launch", "runs", "tradeoffs", "compare", "run_detail", "speed", "sensitivity", "learn")
 
 
 def main() -> None:
@@ -26,18 +27,20 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=ROOT / "assets" / "screenshots")
     parser.add_argument("--run", default=None, help="the run shown on the detail page (default: the newest)")
+    parser.add_argument("--speed-run", default=None, help="the run whose Speed tab is shot (default: --run)")
     parser.add_argument("--pages", nargs="*", default=list(PAGES), choices=PAGES, help="which pages to shoot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with serve_app(args.home, args.out.parent / "streamlit-screenshots.log") as url, chromium(1400, 1800) as page:
 
-        def shoot(name: str, wait_for: str = "", delay: int = 2500) -> None:
+        def shoot(name: str, wait_for: str = "", delay: int = 2500, height: int | None = None) -> None:
             if name not in args.pages:
                 return
             if wait_for:
                 page.locator(wait_for).first.wait_for(timeout=60_000)
             page.wait_for_timeout(delay)
-            page.screenshot(path=str(args.out / f"{name}.png"))
+            clip = {"x": 0, "y": 0, "width": 1400, "height": height} if height else None
+            page.screenshot(path=str(args.out / f"{name}.png"), clip=clip)
 
         page.goto(url + "/")
         page.get_by_text("Launch a pruning run").wait_for(timeout=60_000)
@@ -53,6 +56,11 @@ def main() -> None:
             shoot(name, selector)
         page.goto(url + "/run_detail" + (f"?run={args.run}" if args.run else ""))
         shoot("run_detail", ".js-plotly-plot", delay=4000)
+        if "speed" in args.pages:
+            run = args.speed_run or args.run
+            page.goto(url + "/run_detail" + (f"?run={run}" if run else ""))
+            page.get_by_role("tab", name="Speed").click()
+            shoot("speed", "[data-testid=stMetric]", height=760)
         if "sensitivity" in args.pages:
             page.get_by_role("link", name="Sensitivity").first.click()
             shoot("sensitivity", ".js-plotly-plot", delay=4000)
