@@ -51,6 +51,7 @@ __all__ = [
     "list_mask_methods",
     "unstructured_mask",
     "nm_mask",
+    "holds_nm",
     "global_masks",
     "top_count_mask",
     "nm_skip_reason",
@@ -183,6 +184,14 @@ def nm_skip_reason(weight_shape: torch.Size, m: int) -> str | None:
     if in_dim % m:
         return f"input dimension {in_dim} is not a multiple of M={m}"
     return None
+
+
+def holds_nm(mask: torch.Tensor, n: int, m: int) -> bool:
+    """Whether `mask` keeps at most n of every m consecutive input channels (per output channel and kernel
+    position); False when its input dimension is not a multiple of m."""
+    if nm_skip_reason(mask.shape, m):
+        return False
+    return bool((mask.movedim(1, -1).reshape(-1, m).sum(-1) <= n).all())
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

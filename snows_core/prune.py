@@ -57,6 +57,7 @@ from snows_core.masks import (
     MaskMethod,
     ScoreInputs,
     get_mask_method,
+    holds_nm,
     input_column_sq_norms,
     nm_mask,
     nm_skip_reason,
@@ -393,11 +394,9 @@ def _checked_custom(name: str, weight: torch.Tensor, custom_masks: dict[str, tor
 
 
 def _check_pattern(name: str, mask: torch.Tensor, config: PruneConfig) -> torch.Tensor:
-    if config.nm:
+    if config.nm and not holds_nm(mask, *config.nm):
         n, m = config.nm
-        groups = mask.movedim(1, -1).reshape(-1, m)
-        if (groups.sum(-1) > n).any():
-            raise ValueError(f"custom mask for {name} keeps more than {n} of some group of {m}: not {config.pattern}")
+        raise ValueError(f"custom mask for {name} keeps more than {n} of some group of {m}: not {config.pattern}")
     return mask
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from snows_core.checkpoint import first_line
+from snows_core.masks import holds_nm
 from snows_core.speed_report import DOUBLE_CHECK_ABOVE, SpeedReport
 
 __all__ = [
@@ -99,9 +100,7 @@ def measure(
 
 def is_two_four(mask: torch.Tensor) -> bool:
     """Whether a Linear's mask (out, in) keeps at most 2 of every 4 consecutive inputs of each row."""
-    if mask.dim() != 2 or mask.shape[1] % 4:
-        return False
-    return bool((mask.reshape(mask.shape[0], -1, 4).sum(-1) <= 2).all())
+    return mask.dim() == 2 and holds_nm(mask, 2, 4)
 
 
 def sparse_state_dict(model: nn.Module, masks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
