@@ -97,12 +97,13 @@ def prune_blocks(
     config = PruneConfig(
         pattern="2:4", n_calib=len(calib), batch_size=len(calib), k=k, layers=layer_names(blocks), device=device
     )
-    if resolve_device(device).type == "cuda":
+    on_gpu = resolve_device(device).type == "cuda"
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     tic = time.perf_counter()
     result = prune_model(model, calib, config)
     seconds = time.perf_counter() - tic
-    peak = torch.cuda.max_memory_allocated() if resolve_device(device).type == "cuda" else 0
+    peak = torch.cuda.max_memory_allocated() if on_gpu else 0
     return [r.to_dict() for r in result.layers], seconds, max(peak, *(r.peak_mem for r in result.layers))
 
 
