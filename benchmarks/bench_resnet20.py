@@ -2,7 +2,7 @@
 
 For each sparsity and method: top-1 on the test subset, seconds, cost in dense-forward-equivalents
 (seconds / one dense forward over the calibration images, measured in the same process) and peak
-memory; then the HVP micro-benchmark (one Hessian-vector product / one window forward).
+memory. What one curvature product costs is `bench_solver.py`'s first table.
 
     .venv/bin/python benchmarks/bench_resnet20.py [--shared ../shared] [--sparsity 0.5,0.7,0.9] [--ablations]
 """
@@ -23,12 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
 from snows_core.data import load_npz
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
-from snows_core.masks import unstructured_mask
 from snows_core.metrics import top1
 from snows_core.models import create_model
-from snows_core.reconstruct import layer_problem
-from snows_core.solver import exact_curvature, gauss_newton_curvature
 
 METHODS = {
     "mask only": dict(reconstruction="none"),
@@ -70,32 +66,6 @@ def run_method(model, calib, test_x, test_y, sparsity: float, overrides: dict) -
     return {"top1": top1(result.model, test_x, test_y), "seconds": seconds, "peak_mb": peak / 2**20}
 
 
-def hvp_ratios(model: torch.nn.Module, calib: torch.Tensor, layers: list[str], k: int = 3) -> list[dict]:
-    """Per layer: window forward ms, and HVP ms for both curvatures (one product, setup excluded)."""
-    gm = trace(copy.deepcopy(model).requires_grad_(False))
-    path = PrunedPath(gm, calib, calib.shape[0])
-    rows = []
-    for node in [n for n in prunable_nodes(gm) if n.target in layers]:
-        mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.9)
-        problem, _ = layer_problem(gm, node, path, k, mask, calib.shape[0])
-        batch, weight = slice(0, problem.n), problem.dense_weight * mask
-        free = weight[mask]
-        with torch.no_grad():
-            forward = timed(lambda: problem.taps(weight, batch))  # noqa: B023
-        row = {"layer": node.target, "window_ms": forward * 1e3, "free": free.numel()}
-        kwargs = dict(
-            layer_of=lambda w: problem.layer_output(problem.weight_of(w), batch),  # noqa: B023
-            window_of=lambda z: problem.window_taps(z, batch),  # noqa: B023
-        )
-        taps_of = lambda w: problem.taps(problem.weight_of(w), batch)  # noqa: B023, E731
-        for name, curvature in (("exact", exact_curvature), ("gauss-newton", gauss_newton_curvature)):
-            curv = curvature(taps_of, problem.reference, free, **kwargs)
-            v = torch.randn_like(free)
-            row[f"{name}_ms"] = timed(lambda: curv.hvp(v)) * 1e3  # noqa: B023
-        rows.append(row)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("SNOWS_SHARED", "../shared")))
@@ -128,15 +98,6 @@ def main() -> None:
                 f"| {r['peak_mb']:.0f} |",
                 flush=True,
             )
-    print("\nHVP micro-benchmark (K=3, 90% magnitude mask, one product on all calibration images)\n")
-    print("| layer | free weights | window forward ms | exact HVP ms (ratio) | Gauss-Newton HVP ms (ratio) |")
-    print("|---|---|---|---|---|")
-    for row in hvp_ratios(model, calib, ["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer3.2.conv2"]):
-        w = row["window_ms"]
-        print(
-            f"| {row['layer']} | {row['free']} | {w:.1f} | {row['exact_ms']:.1f} ({row['exact_ms'] / w:.1f}x) "
-            f"| {row['gauss-newton_ms']:.1f} ({row['gauss-newton_ms'] / w:.1f}x) |"
-        )
 
 
 if __name__ == "__main__":

@@ -40,18 +40,33 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def input_grams(
-    module: nn.Module, x: torch.Tensor, x_reference: torch.Tensor, batch_size: int
+    module: nn.Module, x: torch.Tensor, x_reference: torch.Tensor, weight: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """G = X X^T and C = X X_t^T per group, (groups, d, d) in float64, and the output's numel.
+    """G = X X^T, (groups, d, d), and the cross moment X Y^T, (groups, d, out/groups), both float64, and
+    the output's numel.
 
-    X are the columns of `x` (the pruned path), X_t those of `x_reference` (the input that produced the
-    target); with x_reference is x, C = G.
+    X are the columns of `x` (the pruned path) and Y = W X_t the target output: `weight` (the dense
+    weight; no bias) applied to the columns X_t of `x_reference`. X Y^T = (X X_t^T) W^T is what least
+    squares and SparseGPT's dense-target start read of the cross-Gram, at the cost of one pass of the layer
+    rather than a second d x d Gram; with x_reference is x it is G W^T.
     """
+    groups = module.groups if isinstance(module, nn.Conv2d) else 1
+    rows = weight.reshape(groups, weight.shape[0] // groups, -1)  # (groups, out/g, d)
     gram, cross, numel_out = 0, 0, 0
     for chunk, chunk_t in zip(x.split(batch_size), x_reference.split(batch_size), strict=True):
         cols = layer_columns(module, chunk)  # (groups, d, n*L)
-        cols_t = cols if x_reference is x else layer_columns(module, chunk_t)
         gram = gram + (cols @ cols.transpose(1, 2)).double()
-        cross = cross + (cols @ cols_t.transpose(1, 2)).double()
-        numel_out += cols.shape[-1] * module.weight.shape[0]
+        if x_reference is not x:
+            cross = cross + (cols @ _output_columns(module, chunk_t, weight, groups).transpose(1, 2)).double()
+        numel_out += cols.shape[-1] * weight.shape[0]
+    if x_reference is x:
+        cross = gram @ rows.transpose(1, 2).double()
     return gram, cross, numel_out
+
+
+def _output_columns(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The layer's output without bias, (groups, out/g, n*L), its columns in `layer_columns` order."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight).reshape(-1, weight.shape[0]).T[None]  # (1, out, rows)
+    y = module._conv_forward(x, weight, None)  # (n, out, H', W')
+    return y.flatten(2).unflatten(1, (groups, -1)).permute(1, 2, 0, 3).flatten(2)  # (groups, out/g, n*L)

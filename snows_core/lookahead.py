@@ -274,12 +274,17 @@ class FrozenBatchNorm(nn.Module):
         super().__init__()
         self.bn = bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), (C,) each: the map x -> x * scale + shift per channel."""
         bn = self.bn
         scale = torch.rsqrt(bn.running_var + bn.eps)  # (C,)
         shift = -bn.running_mean * scale  # (C,)
         if bn.affine:
             scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+        return scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine()
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return x * scale.view(shape) + shift.view(shape)
 

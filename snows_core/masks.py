@@ -83,7 +83,7 @@ class LayerInputs:
     nm: tuple[int, int] | None = None  # keep N of every M instead
     prior: torch.Tensor | None = None  # bool like the weight: the previous pass's mask; pruned stays pruned
     batch_size: int = 256
-    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None  # columns.input_grams(module, x, x_reference)
+    grams: tuple[torch.Tensor, torch.Tensor, int] | None = None  # columns.input_grams(module, x, x_reference, weight)
 
 
 @dataclass

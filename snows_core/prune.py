@@ -472,7 +472,7 @@ def _choose(
     """An in-loop method's choice for this layer and pass, on the pruned path's input (and its Gram matrices)."""
     config, module = loop.config, loop.module(node)
     x, x_reference = loop.path.value(node.args[0]), loop.dense_input(node)
-    grams = input_grams(module, x, x_reference, config.batch_size)
+    grams = input_grams(module, x, x_reference, loop.dense_weight(node), config.batch_size)
     inputs = LayerInputs(
         node.target,
         module,

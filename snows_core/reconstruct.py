@@ -49,8 +49,10 @@ from snows_core.solver import (
     exact_curvature,
     gauss_newton_curvature,
     loss_and_gradient,
+    tangent_curvature,
     tap_loss,
 )
+from snows_core.tangent import TangentProgram, linear_part, tangent_program
 
 if TYPE_CHECKING:  # the config validates names against this module's registry: no import at run time
     from snows_core.config import PruneConfig
@@ -95,11 +97,16 @@ class LayerProblem:
     _mask_loss: float | None = None
     _start_loss: float | None = None
     _grams: tuple[torch.Tensor, torch.Tensor, int] | None = None
+    _tangent: TangentProgram | str | None = None
 
     def __post_init__(self) -> None:
         self.free_index = self.mask.flatten().nonzero().squeeze(1)  # (n_free,) positions of kept weights
-        if self.x_reference is None:
-            self.x_reference = self.x
+        if self.x_reference is None or self.x_reference is self.x:
+            self.x_reference = self.x = _channels_last(self.x, self.module)
+        else:
+            self.x = _channels_last(self.x, self.module)
+        self.externals = [_channels_last(e, self.module) for e in self.externals]
+        self.reference = [_channels_last(t, self.module) for t in self.reference]
         masked = self.dense_weight * self.mask
         start = masked if self.start_weight is None else self.start_weight * self.mask
         self.moved = not torch.equal(start, masked)  # the start is not the plain masked dense weight
@@ -123,6 +130,21 @@ class LayerProblem:
     def window_taps(self, z: torch.Tensor, batch: slice) -> tuple[torch.Tensor, ...]:
         return self.window(z, *(_batch_of(e, batch, self.n) for e in self.externals))
 
+    def linear_output(self, weight: torch.Tensor, batch: slice) -> torch.Tensor:
+        """The layer's output without its bias: linear in the weight (J_layer applied to it)."""
+        return linear_part(self.module, self.x[batch], weight)
+
+    @property
+    def tangent(self) -> TangentProgram | str:
+        """The window's tangent program (`snows_core.tangent`), or why it has none; built once."""
+        if self._tangent is None:
+            self._tangent = tangent_program(self.window)
+        return self._tangent
+
+    def window_at(self, z: torch.Tensor, batch: slice) -> tuple[tuple[torch.Tensor, ...], Callable]:
+        """The taps at z and the window's tangent map there (the window must have a tangent program)."""
+        return self.tangent.at(z, *(_batch_of(e, batch, self.n) for e in self.externals))
+
     def taps(self, weight: torch.Tensor, batch: slice) -> tuple[torch.Tensor, ...]:
         return self.window_taps(self.layer_output(weight, batch), batch)
 
@@ -144,9 +166,9 @@ class LayerProblem:
 
     @property
     def grams(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The layer's input Gram and cross-Gram matrices (see `input_grams`), computed once."""
+        """The layer's input Gram matrix and cross moment (see `input_grams`), computed once."""
         if self._grams is None:
-            self._grams = input_grams(self.module, self.x, self.x_reference, self.batch_size)
+            self._grams = input_grams(self.module, self.x, self.x_reference, self.dense_weight, self.batch_size)
         return self._grams
 
     def with_mask(self, mask: torch.Tensor, start_weight: torch.Tensor | None = None) -> LayerProblem:
@@ -288,6 +310,8 @@ def _no_worse_than_start(problem: LayerProblem, solution: Solution) -> Solution:
 def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: EventSink) -> Solution:
     """Alg. 1 of SNOWS: Newton-CG passes over mini-batches with Armijo steps, keeping the best iterate."""
     curvature = CURVATURE_PRODUCTS[cfg.curvature]
+    if cfg.curvature == "exact" and isinstance(problem.tangent, TangentProgram):
+        curvature = tangent_curvature  # the same products, without differentiating twice
     free = start.weight[problem.mask]  # (n_free,)
     best = Solution(start.weight, start.loss)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -345,6 +369,8 @@ def _newton_step(
         free,
         layer_of=lambda w: problem.layer_output(problem.weight_of(w), curvature_batch),
         window_of=lambda z: problem.window_taps(z, curvature_batch),
+        linear_layer_of=lambda w: problem.linear_output(problem.weight_of(w), curvature_batch),
+        window_at=lambda z: problem.window_at(z, curvature_batch),
     )
     loss, grad = curv.loss, curv.grad
     if curvature_batch is not batch:
@@ -392,10 +418,10 @@ def lstsq_weight(
     Minimises ||X w_S - X_t w_dense||^2 + lambda ||w_S||^2 for every output row, X the input columns
     on the pruned path and X_t those that produced the target (the same X, or the dense path's):
     (G_SS + lambda I) w_S = (C w_dense)_S with G = X^T X, C = X^T X_t (im2col columns for a conv,
-    per group) and lambda = damping * numel(output) / 2. `grams` are `input_grams(module, x, x_reference)`
-    when already computed.
+    per group) and lambda = damping * numel(output) / 2. `grams` are
+    `input_grams(module, x, x_reference, dense_weight)` when already computed.
     """
-    gram, cross, numel_out = grams or input_grams(module, x, x_reference, batch_size)  # (groups, d, d) each
+    gram, cross, numel_out = grams or input_grams(module, x, x_reference, dense_weight, batch_size)
     groups = gram.shape[0]
     rows = dense_weight.reshape(dense_weight.shape[0], -1).to(gram.dtype)  # (out, d)
     d = rows.shape[1]
@@ -406,7 +432,7 @@ def lstsq_weight(
     # whose identity rows decouple): a kept fraction f costs f^3 of the full d x d solve.
     width = max(1, int(keep.sum(1).max()))
     order = torch.argsort(keep, dim=1, descending=True, stable=True)[:, :width]  # (out, width)
-    target = (rows.reshape(groups, -1, d) @ cross.transpose(1, 2)).reshape(rows.shape)  # (out, d): C w
+    target = cross.transpose(1, 2).reshape(rows.shape)  # (out, d): C w, per group
     solved = torch.zeros_like(rows)
     chunk = max(1, 2**24 // (width * d))  # bound the gathered rows (c, w, d) to ~128 MB in float64
     for start in range(0, rows.shape[0], chunk):
@@ -433,6 +459,14 @@ def _spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     if singular.any():
         solution[singular] = (torch.linalg.pinv(system[singular], hermitian=True) @ rhs[singular, :, None])[..., 0]
     return solution
+
+
+def _channels_last(value: object, module: nn.Module) -> object:
+    """A conv layer's 4-d values on the CPU in channels-last layout, where this CPU's convolutions and their
+    backward passes run 1.5-4x faster (measured on ResNet-20's 16-channel maps); anything else as it is."""
+    if isinstance(module, nn.Conv2d) and torch.is_tensor(value) and value.dim() == 4 and value.device.type == "cpu":
+        return value.contiguous(memory_format=torch.channels_last)
+    return value
 
 
 def _batch_of(value: object, batch: slice, n: int) -> object:

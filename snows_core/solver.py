@@ -10,7 +10,9 @@ from d = 0 and then backtracks along d (alpha0 = 1, shrink 0.9, c = 1e-5, at mos
 if none passes).
 
 Two curvature products are offered, both exact where it matters:
-- ``exact``: H v by double backpropagation through the gradient graph, built once per Newton step.
+- ``exact``: H v by double backpropagation through the gradient graph, built once per Newton step; for a
+  piecewise-linear window (ReLU CNNs) the same H v as J^T D J v through the window's tangent program
+  (`tangent_curvature`, `snows_core.tangent`): nothing differentiated twice.
 - ``gauss-newton``: J^T D J v, D = diag(2 / numel(y_t)). The window is z -> taps with z = layer(x, W)
   linear in W, so J v = J_g (layer(x, V) - layer(x, 0)) and J^T u = layer-vjp(J_g^T u). J_g is
   linearised once per Newton step (torch.func.linearize), so each product costs one tangent pass and
@@ -40,6 +42,7 @@ __all__ = [
     "tap_loss",
     "loss_and_gradient",
     "exact_curvature",
+    "tangent_curvature",
     "gauss_newton_curvature",
 ]
 
@@ -189,6 +192,45 @@ def exact_curvature(
     return Curvature(loss.item(), grad.detach(), hvp)
 
 
+def tangent_curvature(
+    taps_of: Callable[[torch.Tensor], Taps],
+    reference: Taps,
+    free: torch.Tensor,
+    *,
+    layer_of: Callable[[torch.Tensor], torch.Tensor],
+    linear_layer_of: Callable[[torch.Tensor], torch.Tensor],
+    window_at: Callable[[torch.Tensor], tuple[Taps, Callable[[torch.Tensor], Taps]]],
+    **_: object,
+) -> Curvature:
+    """Exact products for piecewise-linear windows: H v = J^T D J v, D = diag(2 / numel(y_t)).
+
+    Args:
+        taps_of: free weights -> taps (unused here, kept for the common signature).
+        reference: the reference taps.
+        free: the point (n_free,).
+        layer_of: free weights -> the layer's output z.
+        linear_layer_of: free weights -> the layer's output without its bias (J_layer v).
+        window_at: z -> (taps, the window's tangent map at z), see `snows_core.tangent`.
+    """
+    free = free.detach().requires_grad_(True)
+    with torch.enable_grad():
+        taps, tangent = window_at(layer_of(free))
+        loss = tap_loss(taps, reference)
+        (grad,) = torch.autograd.grad(loss, free)
+    scales = [2.0 / t.numel() for t in taps]
+    common = max(scales)  # taps of one size (most of a CNN window's) share it: their D J v needs no multiply
+    relative = [s / common for s in scales]
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            v = v.detach().requires_grad_(True)
+            jv = tangent(linear_layer_of(v))
+            weighted = [j if r == 1.0 else r * j for r, j in zip(relative, jv, strict=True)]
+            return common * torch.autograd.grad(jv, v, weighted)[0]
+
+    return Curvature(loss.item(), grad, hvp)
+
+
 def gauss_newton_curvature(
     taps_of: Callable[[torch.Tensor], Taps],
     reference: Taps,
@@ -196,6 +238,7 @@ def gauss_newton_curvature(
     *,
     layer_of: Callable[[torch.Tensor], torch.Tensor],
     window_of: Callable[[torch.Tensor], Taps],
+    **_: object,
 ) -> Curvature:
     """Gauss-Newton products J^T D J v through a window linearised once per Newton step.
 

@@ -134,8 +134,8 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
     (keep-mask, weights), both shaped like the layer's weight."""
     module, weight = inputs.module, inputs.weight
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
-    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_reference, inputs.batch_size)
-    gram, cross, _ = grams  # (groups, d, d) each
+    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_reference, weight, inputs.batch_size)
+    gram, cross, _ = grams  # (groups, d, d), (groups, d, out/g)
     rows = weight.reshape(groups, weight.shape[0] // groups, -1).double()  # (groups, out/g, d)
     prior = None if inputs.prior is None else inputs.prior.reshape(rows.shape)
     order = _column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
@@ -168,11 +168,12 @@ def _column_order(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _least_squares_start(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-    """W* = W_dense (C + lambda I)(G + lambda I)^-1, minimising ||W X - W_dense X_t||^2 + lambda ||W - W_dense||^2."""
+    """W* = W_dense (C + lambda I)(G + lambda I)^-1, minimising ||W X - W_dense X_t||^2 + lambda ||W - W_dense||^2
+    (C = X_t X^T; `cross` is C^T W_dense^T, (d, out/g))."""
     ridge = RELATIVE_DAMPING * gram.diagonal().mean()  # H = 2G is damped by 2 ridge: the same lambda
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     factor, info = torch.linalg.cholesky_ex(gram + ridge * eye)  # (d, d)
     if info:
         return rows
-    # (G + lambda I) W*^T = (C^T + lambda I) W_dense^T, where C^T = X X_t^T is input_grams' cross
-    return torch.cholesky_solve((cross + ridge * eye) @ rows.T, factor).T  # (out/g, d)
+    # (G + lambda I) W*^T = X X_t^T W_dense^T + lambda W_dense^T, where X X_t^T W_dense^T is input_grams' cross
+    return torch.cholesky_solve(cross + ridge * rows.T, factor).T  # (out/g, d)

@@ -15,8 +15,10 @@ from snows_core.solver import (
     conjugate_gradient,
     exact_curvature,
     gauss_newton_curvature,
+    tangent_curvature,
     tap_loss,
 )
+from snows_core.tangent import TangentProgram
 
 torch.set_default_dtype(torch.float32)
 
@@ -105,10 +107,18 @@ def curvatures(problem: LayerProblem, free: torch.Tensor):
         window_of=lambda z: problem.window_taps(z, batch),
     )
     taps_of = lambda w: problem.taps(problem.weight_of(w), batch)  # noqa: E731
-    return taps_of, {
+    products = {
         "exact": exact_curvature(taps_of, problem.reference, free, **kwargs),
         "gauss-newton": gauss_newton_curvature(taps_of, problem.reference, free, **kwargs),
     }
+    if isinstance(problem.tangent, TangentProgram):
+        kwargs = dict(
+            layer_of=kwargs["layer_of"],
+            linear_layer_of=lambda w: problem.linear_output(problem.weight_of(w), batch),
+            window_at=lambda z: problem.window_at(z, batch),
+        )
+        products["tangent"] = tangent_curvature(taps_of, problem.reference, free, **kwargs)
+    return taps_of, products
 
 
 @pytest.mark.parametrize("layer,k,crosses", [("c2", 0, set()), ("c2", 2, {"add", "relu"}), ("c1", 3, {"add"})])
@@ -117,6 +127,7 @@ def test_hvp_matches_explicit_hessian(tiny_resnet, layer, k, crosses):
     ops = {str(n.target) for n in window.module.graph.nodes} | {n.name for n in window.module.graph.nodes}
     assert all(any(c in o for o in ops) for c in crosses)
     taps_of, curv = curvatures(problem, free)
+    assert "tangent" in curv  # ReLU windows are piecewise linear
     loss_of = lambda w: tap_loss(taps_of(w), problem.reference)  # noqa: E731
     hessian = torch.autograd.functional.hessian(loss_of, free)  # (n_free, n_free), built entry by entry
     gradient = torch.func.grad(loss_of)(free)
@@ -169,6 +180,7 @@ def test_hvp_exact_beyond_1e5_free_weights():
     free = problem.dense_weight[mask]
     assert free.numel() == 131_072
     taps_of, curv = curvatures(problem, free)
+    assert "tangent" in curv  # ReLU windows are piecewise linear
     loss_of = lambda w: tap_loss(taps_of(w), problem.reference)  # noqa: E731
     v = torch.randn(free.shape, dtype=free.dtype)
     grad_of, step = torch.func.grad(loss_of), 1e-6
