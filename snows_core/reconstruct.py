@@ -310,8 +310,8 @@ def _no_worse_than_start(problem: LayerProblem, solution: Solution) -> Solution:
 def newton_cg(problem: LayerProblem, cfg: PruneConfig, start: Solution, emit: EventSink) -> Solution:
     """Alg. 1 of SNOWS: Newton-CG passes over mini-batches with Armijo steps, keeping the best iterate."""
     curvature = CURVATURE_PRODUCTS[cfg.curvature]
-    if cfg.curvature == "exact" and isinstance(problem.tangent, TangentProgram):
-        curvature = tangent_curvature  # the same products, without differentiating twice
+    if isinstance(problem.tangent, TangentProgram):
+        curvature = tangent_curvature  # J^T D J, here both the Gauss-Newton and the exact products
     free = start.weight[problem.mask]  # (n_free,)
     best = Solution(start.weight, start.loss)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -9,10 +9,11 @@ with w the flat vector of free (unmasked) weights. A Newton step solves (H + dam
 from d = 0 and then backtracks along d (alpha0 = 1, shrink 0.9, c = 1e-5, at most 50 tries; no step
 if none passes).
 
-Two curvature products are offered, both exact where it matters:
-- ``exact``: H v by double backpropagation through the gradient graph, built once per Newton step; for a
-  piecewise-linear window (ReLU CNNs) the same H v as J^T D J v through the window's tangent program
-  (`tangent_curvature`, `snows_core.tangent`): nothing differentiated twice.
+Three curvature products, exact where it matters:
+- ``exact``: H v by double backpropagation through the gradient graph, built once per Newton step.
+- ``tangent_curvature``: J^T D J v through the window's tangent program (`snows_core.tangent`); for a
+  piecewise-linear window (ReLU CNNs) this is the exact H v, and the engine runs it for both curvature
+  options there: nothing differentiated twice.
 - ``gauss-newton``: J^T D J v, D = diag(2 / numel(y_t)). The window is z -> taps with z = layer(x, W)
   linear in W, so J v = J_g (layer(x, V) - layer(x, 0)) and J^T u = layer-vjp(J_g^T u). J_g is
   linearised once per Newton step (torch.func.linearize), so each product costs one tangent pass and
