@@ -47,20 +47,24 @@ def input_grams(
 
     X are the columns of `x` (the pruned path) and Y = W X_t the target output: `weight` (the dense
     weight; no bias) applied to the columns X_t of `x_reference`. X Y^T = (X X_t^T) W^T is what least
-    squares and SparseGPT's dense-target start read of the cross-Gram, at the cost of one pass of the layer
-    rather than a second d x d Gram; with x_reference is x it is G W^T.
+    squares and SparseGPT's dense-target start read of the cross-Gram. Where a group has fewer outputs than
+    inputs (convs) it is one pass of the layer and a d x out product rather than a second d x d Gram;
+    otherwise (a ViT's qkv or fc1) the cross-Gram times W^T. With x_reference is x it is G W^T.
     """
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
     rows = weight.reshape(groups, weight.shape[0] // groups, -1)  # (groups, out/g, d)
+    through_outputs = rows.shape[1] < rows.shape[2]
     gram, cross, numel_out = 0, 0, 0
     for chunk, chunk_t in zip(x.split(batch_size), x_reference.split(batch_size), strict=True):
         cols = layer_columns(module, chunk)  # (groups, d, n*L)
         gram = gram + (cols @ cols.transpose(1, 2)).double()
-        if x_reference is not x:
+        if x_reference is not x and through_outputs:
             cross = cross + (cols @ _output_columns(module, chunk_t, weight, groups).transpose(1, 2)).double()
+        elif x_reference is not x:
+            cross = cross + (cols @ layer_columns(module, chunk_t).transpose(1, 2)).double()  # (groups, d, d)
         numel_out += cols.shape[-1] * weight.shape[0]
-    if x_reference is x:
-        cross = gram @ rows.transpose(1, 2).double()
+    if x_reference is x or not through_outputs:
+        cross = (gram if x_reference is x else cross) @ rows.transpose(1, 2).double()
     return gram, cross, numel_out
 
 

@@ -1,6 +1,6 @@
 """Tangent programs: the exact Hessian of a piecewise-linear K-window without differentiating twice.
 
-A window made of convolutions and linears with fixed weights, eval-mode BatchNorms (affine maps), ReLUs,
+A window made of convolutions and linears with fixed weights, eval-mode BatchNorms (affine maps), ReLU(6)s,
 residual adds, pooling, zero padding and reshapes is piecewise linear in the layer output z, and the
 layer is linear in its weights. So the SNOWS objective L(W) = sum_t mean((f_t(W) - y_t)^2) has the
 Hessian
@@ -65,7 +65,7 @@ _SAME_METHODS = {
 }
 _SAME_MODULES = (nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 _SHAPE_METHODS = {"size", "dim"}  # values that depend on a tensor's shape only: constants of the program
-_RELU = {F.relu, torch.relu, "relu"}
+_RELU = {F.relu, torch.relu, "relu", F.relu6}
 _ADD = {operator.add, torch.add, operator.sub, torch.sub}
 _SCALE = {operator.mul, torch.mul, operator.truediv, torch.div}
 
@@ -95,7 +95,9 @@ class TangentProgram:
 
     def _factor_kind(self, node: fx.Node) -> str:
         module = self.modules.get(node.target) if node.op == "call_module" else None
-        return "affine" if isinstance(module, FrozenBatchNorm) else "gate"
+        if isinstance(module, FrozenBatchNorm):
+            return "affine"
+        return "gate6" if isinstance(module, nn.ReLU6) or node.target is F.relu6 else "gate"
 
     def at(self, z: torch.Tensor, *externals: object) -> tuple[tuple[torch.Tensor, ...], Tangent]:
         """The window's taps at z (differentiable as the window is) and its tangent map t -> J t, one
@@ -160,6 +162,8 @@ class _Recorder(fx.Interpreter):
         kind = self.program.factors.get(n)
         if kind == "gate":
             self.factors[n] = (value > 0).to(value.dtype)  # relu(x) > 0 exactly where x > 0
+        elif kind == "gate6":
+            self.factors[n] = ((value > 0) & (value < 6)).to(value.dtype)  # relu6's slope is 1 on (0, 6)
         elif kind == "affine":
             scale, _ = self.program.modules[n.target].affine()
             self.factors[n] = scale.detach().view((1, -1) + (1,) * (value.dim() - 2))
@@ -273,7 +277,7 @@ def _module_rule(module: nn.Module) -> str:
         return "linear"
     if isinstance(module, FrozenBatchNorm):
         return "affine"
-    if isinstance(module, nn.ReLU):
+    if isinstance(module, (nn.ReLU, nn.ReLU6)):
         return "gate"
     if isinstance(module, _SAME_MODULES) or (isinstance(module, nn.Dropout) and not module.training):
         return "same"

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core import PruneConfig, prune_model
+from snows_core.columns import input_grams, layer_columns
 from snows_core.lookahead import PrunedPath, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
 from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem, list_reconstructions, lstsq_weight
@@ -121,3 +122,26 @@ def test_newton_steps_emit_events_with_losses_and_cg_counts(tiny_resnet):
     steps = [e for e in events if e.kind == "newton_step"]
     assert steps and all(e.loss_after <= e.loss and 1 <= e.cg_iters <= 10 and 0 <= e.step_size <= 1 for e in steps)
     assert {e.layer for e in steps} == {"c1", "c2"}
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_cross_moment_is_the_cross_gram_times_the_dense_weight(groups):
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, stride=2, groups=groups, bias=True).double()
+    linear = nn.Linear(5, 3).double()
+    cases = [
+        (conv, torch.randn(7, 4, 5, 5, dtype=torch.float64, generator=generator)),
+        (linear, torch.randn(7, 2, 5, dtype=torch.float64, generator=generator)),
+        (nn.Linear(3, 6).double(), torch.randn(7, 3, dtype=torch.float64, generator=generator)),  # out > d
+    ]
+    for module, x in cases:
+        x_reference = x + 0.3 * torch.randn(x.shape, dtype=x.dtype, generator=generator)
+        weight = torch.randn(module.weight.shape, dtype=x.dtype, generator=generator)
+        gram, cross, numel = input_grams(module, x, x_reference, weight, batch_size=3)
+        cols, cols_t = layer_columns(module, x), layer_columns(module, x_reference)  # (groups, d, rows)
+        rows = weight.reshape(cols.shape[0], weight.shape[0] // cols.shape[0], -1)  # (groups, out/g, d)
+        torch.testing.assert_close(gram, cols @ cols.transpose(1, 2))
+        torch.testing.assert_close(cross, cols @ cols_t.transpose(1, 2) @ rows.transpose(1, 2))
+        assert numel == cols.shape[-1] * weight.shape[0]
+        _, same, _ = input_grams(module, x, x, weight, batch_size=3)
+        torch.testing.assert_close(same, gram @ rows.transpose(1, 2))

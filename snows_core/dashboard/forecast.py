@@ -5,12 +5,13 @@ Two sources, best first:
    Newton passes and CG iterations; their median seconds and largest peak memory;
 2. a probe: the model's footprint from the catalog (activation sizes, parameters, pruned layers; the
    door's memory rule, `runs.door.peak_bytes`) and one timed forward pass on a calibration-sized batch,
-   turned into seconds by counting dense-forward equivalents (DFE) per layer,
-   fitted end to end on the zoo's ResNet-20 (bench_queue.py sweep: 7-13 s of pruning at K 0-3): a
-   Newton step costs about 2 window forwards per CG iteration plus 4 for the line search, and a window
-   spans about (K + 2) / layers of the network; every stage repeats the loop, and a sensitivity scan
-   costs about a least-squares fit and half a forward per layer and scanned sparsity. Expect it within
-   a factor of 2 either way.
+   turned into seconds by counting dense-forward equivalents (DFE) per layer, fitted end to end on the
+   zoo's ResNet-20 at 90% with 256 images (pruning 2.6 s with lstsq, 4.5 s and 7.6 s with SNOWS K=0 and 3,
+   39 s in 5 stages, since the solver's tangent curvature products): a layer costs about 1.2 DFE for its
+   set-up and least-squares fit, a Newton step about half a window forward per CG iteration plus 3.5 for
+   the line search and gradient, and a window spans about (K + 2) / layers of the network; every stage
+   repeats the loop, and a sensitivity scan costs about a least-squares fit and half a forward per layer
+   and scanned sparsity. Expect it within a factor of 2 either way.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from snows_core.sensitivity import scan_sparsities
 __all__ = ["Forecast", "Probe", "probe", "forecast"]
 
 STARTUP_SECONDS = 4.0  # spawn a worker, import torch, load data (bench_queue.py: first event 3.9-4.3 s after submit)
-HVP_FORWARDS = 2.0
-LINE_SEARCH_FORWARDS = 4.0
+SETUP_FORWARDS = 1.2
+HVP_FORWARDS = 0.5
+LINE_SEARCH_FORWARDS = 3.5
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,9 @@ def _seconds(spec: RunSpec, p: Probe) -> float:
     c = spec.config
     dense_forward = p.seconds_per_image * c.n_calib
     window = min(1.0, (c.k + 2) / max(p.layers, 1))
-    per_layer = {"none": 0.3, "lstsq": 1.5}.get(
-        c.reconstruction,
-        1.5 + c.newton_passes * (HVP_FORWARDS * c.cg_iters * c.curvature_fraction + LINE_SEARCH_FORWARDS) * window,
-    )
-    per_layer += 1.0 if c.mask == "sparsegpt" else 0.0
+    newton = c.newton_passes * (HVP_FORWARDS * c.cg_iters * c.curvature_fraction + LINE_SEARCH_FORWARDS) * window
+    per_layer = {"none": 0.3, "lstsq": SETUP_FORWARDS}.get(c.reconstruction, SETUP_FORWARDS + newton)
+    per_layer += 0.3 if c.mask == "sparsegpt" else 0.0
     scan = len(scan_sparsities(c.layer_sparsity_cap)) * 1.5 if c.allocation == "sensitivity" else 0.0
     evals = (3 + (2 * p.layers if spec.trajectory else 0)) * p.seconds_per_image * (spec.eval_size or 10_000)
     return STARTUP_SECONDS + p.layers * (c.stages * per_layer + scan) * dense_forward + evals
