@@ -3,6 +3,8 @@
 A Linear layer's columns are its input features; a Conv2d's are the im2col columns (input channel,
 kernel row, kernel column), per group, so one code path serves both: the layer's output row o is
 W_o . x for every column x. Gram matrices accumulate in float64 over mini-batches of float32 products.
+`linear_part` is the layer's output without its bias, the map from its weight that these moments, the
+curvature products and the tangent programs differentiate.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["layer_columns", "input_grams", "columns_unsupported"]
+__all__ = ["layer_columns", "input_grams", "columns_unsupported", "linear_part"]
 
 
 def columns_unsupported(module: nn.Module) -> str | None:
@@ -53,24 +55,32 @@ def input_grams(
     """
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
     rows = weight.reshape(groups, weight.shape[0] // groups, -1)  # (groups, out/g, d)
-    through_outputs = rows.shape[1] < rows.shape[2]
+    same = x_reference is x
+    through_outputs = not same and rows.shape[1] < rows.shape[2]
     gram, cross, numel_out = 0, 0, 0
     for chunk, chunk_t in zip(x.split(batch_size), x_reference.split(batch_size), strict=True):
         cols = layer_columns(module, chunk)  # (groups, d, n*L)
         gram = gram + (cols @ cols.transpose(1, 2)).double()
-        if x_reference is not x and through_outputs:
+        if through_outputs:
             cross = cross + (cols @ _output_columns(module, chunk_t, weight, groups).transpose(1, 2)).double()
-        elif x_reference is not x:
+        elif not same:
             cross = cross + (cols @ layer_columns(module, chunk_t).transpose(1, 2)).double()  # (groups, d, d)
         numel_out += cols.shape[-1] * weight.shape[0]
-    if x_reference is x or not through_outputs:
-        cross = (gram if x_reference is x else cross) @ rows.transpose(1, 2).double()
+    if not through_outputs:  # a d x d cross-Gram (G itself when the inputs are the same) times W^T
+        cross = (gram if same else cross) @ rows.transpose(1, 2).double()
     return gram, cross, numel_out
+
+
+def linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer's output on `x` with `weight` and no bias: the part that is linear in the weight."""
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, weight, None)
+    return F.linear(x, weight)
 
 
 def _output_columns(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The layer's output without bias, (groups, out/g, n*L), its columns in `layer_columns` order."""
+    y = linear_part(module, x, weight)  # (n, out, H', W') or (..., out)
     if isinstance(module, nn.Linear):
-        return F.linear(x, weight).reshape(-1, weight.shape[0]).T[None]  # (1, out, rows)
-    y = module._conv_forward(x, weight, None)  # (n, out, H', W')
+        return y.reshape(-1, weight.shape[0]).T[None]  # (1, out, rows)
     return y.flatten(2).unflatten(1, (groups, -1)).permute(1, 2, 0, 3).flatten(2)  # (groups, out/g, n*L)

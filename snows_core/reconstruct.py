@@ -36,7 +36,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from snows_core.columns import input_grams
+from snows_core.columns import input_grams, linear_part
 from snows_core.events import EventSink, NewtonStep
 from snows_core.lookahead import PrunedPath, Window, build_window
 from snows_core.registry import Registry
@@ -52,7 +52,7 @@ from snows_core.solver import (
     tangent_curvature,
     tap_loss,
 )
-from snows_core.tangent import TangentProgram, linear_part, tangent_program
+from snows_core.tangent import TangentProgram, tangent_program
 
 if TYPE_CHECKING:  # the config validates names against this module's registry: no import at run time
     from snows_core.config import PruneConfig

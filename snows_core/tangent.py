@@ -31,9 +31,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snows_core.columns import linear_part
 from snows_core.lookahead import FrozenBatchNorm
 
-__all__ = ["TangentProgram", "tangent_program", "linear_part"]
+__all__ = ["TangentProgram", "tangent_program"]
 
 Tangent = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
@@ -129,11 +130,9 @@ class TangentProgram:
             elif rule == "add":
                 a, b = (tangents.get(x) if isinstance(x, fx.Node) else None for x in node.args[:2])
                 out = -b if a is None else (a - b if node.target in (operator.sub, torch.sub) else a + b)
-            elif rule == "conv":
+            elif rule in ("conv", "linear"):
                 module = self.modules[node.target]
-                out = module._conv_forward(tangents[node.args[0]], module.weight, None)
-            elif rule == "linear":
-                out = F.linear(tangents[node.args[0]], self.modules[node.target].weight)
+                out = linear_part(module, tangents[node.args[0]], module.weight)
             else:  # same, scale: the node's own op with the tangent in place of its varying argument
                 out = self._call(node, arg(node.args), arg(node.kwargs))
             tangents[node] = out
@@ -170,13 +169,6 @@ class _Recorder(fx.Interpreter):
         if n in self.program.saved:
             self.values[n] = value.detach() if torch.is_tensor(value) else value
         return value
-
-
-def linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The layer's output on `x` with `weight` and no bias: the part that is linear in the weight."""
-    if isinstance(module, nn.Conv2d):
-        return module._conv_forward(x, weight, None)
-    return F.linear(x, weight)
 
 
 def tangent_program(window: fx.GraphModule) -> TangentProgram | str:
