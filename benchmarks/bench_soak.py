@@ -13,7 +13,8 @@ import a finished run's bundle into a second store from two processes at once (o
 It stops when every run has ended or `--seconds` have passed, then checks:
 
 - every run is final; killed runs failed; runs cancelled while queued are cancelled; runs nothing
-  happened to are done (a run the killed dispatcher had claimed but not started may fail);
+  happened to are done (a killed dispatcher's workers finish; a run it had claimed but not started is
+  queued again);
 - done runs have a result row and model.safetensors, masks.safetensors and report.json; runs that did
   not end done have no result row;
 - no run folder without its row, no staging folder, in either store.
@@ -91,7 +92,6 @@ class Chaos:
         self.cancelled_running: set[str] = set()
         self.counts = {"kill worker": 0, "kill dispatcher": 0, "cancel": 0, "import race": 0}
         self.imported: set[str] = set()
-        self.orphaned: set[str] = set()
 
     def act(self) -> None:
         action = self.rng.choice(list(self.counts))
@@ -108,8 +108,9 @@ class Chaos:
         except ProcessLookupError:
             return False
         gone(run["worker_pid"])
-        if self.store.get(run["id"])["status"] in FINAL:
-            return False  # it had ended (done, or cancelled) before the signal landed
+        after = self.store.get(run["id"])
+        if after["status"] in FINAL and after["error"] != "worker died":
+            return False  # it had ended on its own (done, cancelled, a failure of its own) before the signal landed
         self.killed.add(run["id"])
         return True
 
@@ -117,8 +118,6 @@ class Chaos:
         pid = dispatcher_pid(self.store.home)
         if pid is None:
             return False
-        # a run it had claimed but not yet started may fail ("worker died"); its running workers live on
-        self.orphaned |= {r["id"] for r in self.store.list(RunStatus.RUNNING.value)}
         os.kill(pid, signal.SIGKILL)
         return True
 
@@ -158,7 +157,7 @@ def problems(store: RunStore, other: RunStore, chaos: Chaos) -> list[str]:
             found.append(f"{rid} was killed but ended {status}")
         if rid in chaos.cancelled_queued and status != RunStatus.CANCELLED:
             found.append(f"{rid} was cancelled while queued but ended {status}")
-        touched = chaos.killed | chaos.cancelled_queued | chaos.cancelled_running | chaos.orphaned
+        touched = chaos.killed | chaos.cancelled_queued | chaos.cancelled_running
         if rid not in touched and status != RunStatus.DONE:
             found.append(f"{rid} was left alone but ended {status}: {run['error']}")
         folder = store.run_dir(rid)

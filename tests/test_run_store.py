@@ -108,18 +108,35 @@ def test_delete_forgets_the_run_its_events_result_and_artifacts(tmp_path):
     assert store.events(run) == [] and store.result(run) is None and not store.run_dir(run).exists()
 
 
-def test_a_local_run_dies_with_its_process_and_any_other_by_silence(tmp_path):
+def test_a_local_run_dies_with_its_process_and_a_dask_task_by_silence(tmp_path):
     store = RunStore(tmp_path)
-    alive, dead, unstarted = store.create(spec(), "v1"), store.create(spec(k=1), "v1"), store.create(spec(k=2), "v1")
+    alive, dead = store.create(spec(), "v1"), store.create(spec(k=1), "v1")
+    remote = store.create(spec(k=2), "v1", executor="dask", scheduler="tcp://h:8786")
     store.claim_next(pid=1)
     store.claim_next(pid=2)
-    store.claim_next(pid=0)  # claimed, its worker not started yet: only silence can tell
+    store.claim_next(pid=7, executor="dask", scheduler="tcp://h:8786")
     assert store.mark_dead(lambda pid, since: pid == 1, stale_after=60) == [dead]
     assert store.get(dead)["status"] == "failed" and store.get(dead)["error"] == "worker died"
     time.sleep(0.05)
-    # silent for longer than stale_after: the local run with a live process stays, the unstarted one fails
-    assert store.mark_dead(lambda pid, since: True, stale_after=0.01) == [unstarted]
+    # silent for longer than stale_after: the local run with a live process stays, the Dask task fails
+    assert store.mark_dead(lambda pid, since: True, stale_after=0.01) == [remote]
     assert store.get(alive)["status"] == "running"
+
+
+def test_a_run_claimed_by_a_dispatcher_that_died_before_its_worker_started_is_queued_again(tmp_path):
+    store = RunStore(tmp_path)
+    first, second = store.create(spec(), "v1"), store.create(spec(k=1), "v1")
+    claim = store.claim_next(pid=0)["started"]  # the dispatcher dies here, before its worker announces itself
+    assert store.mark_dead(lambda pid, since: True, stale_after=60) == []
+    assert store.get(first)["status"] == "running"  # not silent for long yet
+    time.sleep(0.05)
+    assert store.mark_dead(lambda pid, since: True, stale_after=0.01) == []  # none of it ran: nothing ended
+    run = store.get(first)
+    assert run["status"] == "queued" and run["worker_pid"] is None and run["started"] is None
+    assert store.claim_next(pid=0)["id"] == first  # back at its place, ahead of the run queued after it
+    assert not store.adopt(first, 4242, claim)  # the first claim's worker, starting late, must not run it
+    assert store.adopt(first, 4343, store.get(first)["started"]) and store.get(first)["worker_pid"] == 4343
+    assert store.get(second)["status"] == "queued"
 
 
 def test_a_run_whose_worker_is_gone_after_a_cancel_request_ends_cancelled(tmp_path):
@@ -277,3 +294,14 @@ def test_an_upload_is_stored_once_per_content_and_removed_when_no_run_uses_it(tm
     assert store.remove_unused_uploads() == [other] and first.exists()
     store.delete(run)
     assert not first.exists()
+
+
+def test_a_worker_whose_claim_is_gone_runs_nothing(tmp_path):
+    from snows_core.runs.local import worker_main
+
+    store = RunStore(tmp_path)
+    run = store.create(spec(), "v1")
+    claim = store.claim_next(pid=0)["started"]
+    store.mark_dead(lambda pid, since: True, stale_after=-1.0)  # queued again before its worker started
+    worker_main(str(tmp_path), run, claim)
+    assert store.get(run)["status"] == "queued" and store.get(run)["worker_pid"] is None and store.events(run) == []

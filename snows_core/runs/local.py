@@ -74,9 +74,9 @@ def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
             if run is None:
                 break
             gpu = free_gpu(gpus.values(), n_gpus)
-            process = ctx.Process(target=worker_main, args=(str(home), run["id"], gpu), daemon=False)
+            process = ctx.Process(target=worker_main, args=(str(home), run["id"], run["started"], gpu), daemon=False)
             process.start()
-            store.set_worker(run["id"], process.pid)
+            store.adopt(run["id"], process.pid, run["started"])
             workers[run["id"]] = process
             if gpu is not None:
                 gpus[run["id"]] = gpu
@@ -124,10 +124,13 @@ def placed(spec: RunSpec, gpu: int | None) -> RunSpec:
     return dataclasses.replace(spec, config=dataclasses.replace(spec.config, device=f"cuda:{gpu}"))
 
 
-def worker_main(home: str, run_id: str, gpu: int | None = None) -> None:
-    """Process entry: run one claimed run (on `gpu`, when the dispatcher gave it one) and record how it ended."""
+def worker_main(home: str, run_id: str, claimed: float, gpu: int | None = None) -> None:
+    """Process entry: run the run claimed at `claimed` (on `gpu`, when the dispatcher gave it one) and record how
+    it ended; nothing when that claim is gone (the run was queued again: its dispatcher died before this worker
+    announced itself, and another worker may hold it now)."""
     store = RunStore(home)
-    store.set_worker(run_id, os.getpid())
+    if not store.adopt(run_id, os.getpid(), claimed):
+        return
     _limit_threads()
     stop = threading.Event()
     threading.Thread(target=_beat, args=(store, run_id, stop), daemon=True).start()

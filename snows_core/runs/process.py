@@ -9,8 +9,8 @@
 - `cancel_on_step`: the event sink wrapper that raises `RunCancelled` at the first Newton step after a
   cancel request, the only place a run checks for one.
 - `reap`: any reader fails the running runs whose worker is gone: a local worker when its process is
-  (`pid_alive`), any other (a Dask task, a claimed run whose worker has not started) when silent for
-  `stale_seconds()`, which grows with the machine's load.
+  (`pid_alive`), a Dask task when silent for `stale_seconds()`, which grows with the machine's load; a
+  local run claimed by a dispatcher that died before the worker announced itself is queued again.
 """
 
 from __future__ import annotations

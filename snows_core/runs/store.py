@@ -252,6 +252,17 @@ class RunStore:
         with self._connect() as db:
             db.execute("UPDATE runs SET worker_pid = ?, heartbeat = ? WHERE id = ?", (pid, time.time(), run_id))
 
+    def adopt(self, run_id: str, pid: int, claimed: float) -> bool:
+        """Record `pid` as the worker of the claim made at `claimed` (the run's `started` time). False when that
+        claim is gone (the run was queued again after its dispatcher died, or has ended): the worker must not
+        run it."""
+        with self._connect() as db:
+            changed = db.execute(
+                "UPDATE runs SET worker_pid = ?, heartbeat = ? WHERE id = ? AND status = 'running' AND started = ?",
+                (pid, time.time(), run_id, claimed),
+            ).rowcount
+        return changed == 1
+
     def heartbeat(self, run_id: str) -> None:
         """Record that the run's worker lives."""
         with self._connect() as db:
@@ -389,21 +400,34 @@ class RunStore:
         """End the running runs whose worker is gone: failed ("worker died"), or cancelled when a cancel was
         asked for (the dispatcher stopping a worker that ignored it must not read as a crash). A local run with
         a worker pid is gone when `is_alive(pid, last heartbeat)` says so (a stopped or starved process still
-        lives); any other running run (claimed but not started yet, or a Dask task on another host, whose
-        heartbeat the local bridge keeps) when its heartbeat is older than `stale_after` seconds."""
+        lives); any other running run (a Dask task on another host, whose heartbeat the local bridge keeps) when
+        its heartbeat is older than `stale_after` seconds. A local run claimed by a dispatcher that died before
+        the run's worker announced itself (no pid, silent as long) is queued again instead: none of it ran, and
+        a worker that does start late finds its claim gone (`adopt`). Returns the runs ended."""
         now, dead = time.time(), []
         for run in self.list(RunStatus.RUNNING.value):
-            if run["executor"] == "local" and run["worker_pid"]:
-                gone = not is_alive(run["worker_pid"], run["heartbeat"])
+            local, pid = run["executor"] == "local", run["worker_pid"]
+            gone = not is_alive(pid, run["heartbeat"]) if local and pid else now - (run["heartbeat"] or 0) > stale_after
+            if not gone:
+                continue
+            if local and not pid and not run["cancel_requested"] and self._requeue(run["id"]):
+                continue
+            dead.append(run["id"])
+            if run["cancel_requested"]:
+                self.finish(run["id"], RunStatus.CANCELLED, error="cancelled by request; its worker was stopped")
             else:
-                gone = now - (run["heartbeat"] or 0) > stale_after
-            if gone:
-                dead.append(run["id"])
-                if run["cancel_requested"]:
-                    self.finish(run["id"], RunStatus.CANCELLED, error="cancelled by request; its worker was stopped")
-                else:
-                    self.finish(run["id"], RunStatus.FAILED, error="worker died")
+                self.finish(run["id"], RunStatus.FAILED, error="worker died")
         return dead
+
+    def _requeue(self, run_id: str) -> bool:
+        """Put a claimed run whose worker never announced itself back at its place in the queue."""
+        with self._connect() as db:
+            changed = db.execute(
+                "UPDATE runs SET status = 'queued', worker_pid = NULL, started = NULL, heartbeat = NULL "
+                "WHERE id = ? AND status = 'running' AND (worker_pid IS NULL OR worker_pid = 0)",
+                (run_id,),
+            ).rowcount
+        return changed == 1
 
     def delete(self, run_id: str) -> None:
         """Forget a run (its events and result go with it), remove its artifacts and the uploads no run uses."""
