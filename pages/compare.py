@@ -73,4 +73,7 @@ if sparsities:
     top1, gain = mask_reconstruction_matrix(model_runs[model_runs["sparsity"] == sparsity])
     if not top1.empty:
         st.plotly_chart(charts.matrix_heatmap(top1, gain), key="matrix")
-        st.caption("Cells: top-1 of the newest finished run, and its gain over the mask alone on the same images.")
+        st.caption(
+            "Cells: top-1 of the newest finished run, and its gain over the mask alone on the same images "
+            "(with several seeds, the mean over seeds)."
+        )

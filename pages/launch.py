@@ -93,7 +93,7 @@ FORM_DEFAULTS = {
     "warm_start": DEFAULTS.warm_start,
     "targets": DEFAULTS.targets,
     "curvature_fraction": DEFAULTS.curvature_fraction,
-    "seed": DEFAULTS.seed,
+    "seeds": str(DEFAULTS.seed),
     "device": DEFAULTS.device,
     "eval_size": 1000,
     "trajectory": False,
@@ -157,7 +157,6 @@ def build_specs() -> list[RunSpec]:
             warm_start=bool(s["warm_start"]),
             targets=s["targets"],
             curvature_fraction=float(s["curvature_fraction"]),
-            seed=int(s["seed"]),
             device=s["device"],
         ),
         eval_size=int(s["eval_size"]) or None,
@@ -166,7 +165,12 @@ def build_specs() -> list[RunSpec]:
         checkpoint=uploaded_checkpoint(),
         data_root=s["data_root"].strip() or None,
     )
-    axes = {"mask": s["masks"], "reconstruction": s["reconstructions"], "k": numbers(s["ks"], int, "k")}
+    axes = {
+        "mask": s["masks"],
+        "reconstruction": s["reconstructions"],
+        "k": numbers(s["ks"], int, "k"),
+        "seed": numbers(s["seeds"], int, "seed"),
+    }
     if not nm:
         axes["sparsity"] = numbers(s["sparsities"], float, "sparsity")
     specs = grid_specs(base, axes)
@@ -264,7 +268,13 @@ with st.expander("Advanced"):
     b.number_input("CG iterations", min_value=1, key="cg_iters")
     b.number_input("CG tolerance", min_value=0.0, format="%.1e", key="cg_tol")
     c.number_input("Damping", min_value=0.0, format="%.1e", key="damping")
-    c.number_input("Seed", min_value=0, key="seed")
+    c.text_input(
+        "Seeds",
+        key="seeds",
+        help="Each seed draws other calibration images; several repeat every run on each, and the Trade-offs "
+        "charts show their mean and range. At 90% on ResNet-20 one recipe spans about 3 points of top-1 "
+        "across calibration samples.",
+    )
     c.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
     a.checkbox("Least-squares warm start", key="warm_start")
     a.selectbox(

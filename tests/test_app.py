@@ -105,11 +105,27 @@ def test_the_launch_form_queues_the_chosen_spec(home):
     assert all(r["spec"]["measure_speed"] for r in runs)
 
 
+def test_several_seeds_repeat_every_run_of_the_form(home):
+    at = open_page("launch")
+    at.selectbox(key="model").set_value("mlp")
+    at.multiselect(key="reconstructions").set_value(["none"])
+    at.text_input(key="sparsities").set_value("0.3")
+    at.number_input(key="n_calib").set_value(32)
+    at.text_input(key="seeds").set_value("0, 1, 2")
+    at.run()
+    at.button[-1].click().run()  # Launch
+    assert not at.exception and at.success
+    runs = RunStore(home).list()
+    assert sorted(r["spec"]["config"]["seed"] for r in runs) == [0, 1, 2] and len({r["sweep_id"] for r in runs}) == 1
+
+
 @pytest.mark.parametrize(
     "key,value,field",
     [
         ("sparsities", "1.5", "sparsity"),
         ("ks", "-1", "k"),
+        ("seeds", "-1", "seed"),
+        ("seeds", "first", "seed"),
         ("sparsities", "half", "sparsity"),
         ("nm", "5:4", "pattern"),
     ],

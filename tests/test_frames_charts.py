@@ -213,3 +213,40 @@ def test_a_sensitivity_run_becomes_cells_a_heatmap_and_curves(home):
     frame = runs_frame(store)
     assert frame.loc[0, "kind"] == "sensitivity" and frame.loc[0, "label"] == "sensitivity of magnitude + lstsq"
     assert frame.loc[0, "progress"] == 1.0
+
+
+def test_repeats_over_seeds_draw_their_mean_and_range_and_each_run():
+    runs = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "label": ["magnitude + snows K=3"] * 3 + ["wanda + snows K=3"],
+            "sparsity": [0.9, 0.9, 0.8, 0.9],
+            "top1_final": [0.80, 0.86, 0.90, 0.70],
+            "top1_dense": [0.92] * 4,
+        }
+    )
+    fig = charts.accuracy_vs_sparsity(runs)
+    mean, points, single = fig.data
+    assert mean.name == "magnitude + snows K=3" and list(mean.x) == [0.8, 0.9]
+    assert list(mean.y) == pytest.approx([0.90, 0.83]) and list(mean.text) == [1, 2]
+    assert list(mean.error_y.array) == pytest.approx([0.0, 0.03]) and list(mean.error_y.arrayminus) == pytest.approx(
+        [0, 0.03]
+    )
+    assert mean.customdata is None  # the mean is no run: a click on it opens nothing
+    assert [row[0] for row in points.customdata] == ["c", "a", "b"] and not points.showlegend
+    assert single.name == "wanda + snows K=3" and single.error_y.array is None and single.customdata[0][0] == "d"
+
+
+def test_the_matrix_averages_seeds_and_keeps_the_newest_run_of_each():
+    rows = [  # mask, seed, created, top1_final, gain
+        ("magnitude", 0, 1.0, 0.50, 0.1),
+        ("magnitude", 0, 2.0, 0.80, 0.3),  # a newer run of seed 0 replaces the first
+        ("magnitude", 1, 3.0, 0.84, 0.2),
+        ("wanda", 0, 4.0, 0.70, 0.4),
+    ]
+    done = pd.DataFrame(rows, columns=["mask", "seed", "created", "top1_final", "gain"]).assign(
+        status="done", reconstruction="snows", k=3, stages=1
+    )
+    top1, gain = mask_reconstruction_matrix(done)
+    assert top1.loc["magnitude", "snows K=3"] == pytest.approx(0.82) and gain.loc["magnitude", "snows K=3"] == 0.25
+    assert top1.loc["wanda", "snows K=3"] == 0.70

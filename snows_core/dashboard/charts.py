@@ -326,14 +326,44 @@ def trajectory(points: pd.DataFrame, dense: float | None = None) -> go.Figure:
 
 
 def _series(fig: go.Figure, runs: pd.DataFrame, x: str, mode: str = "lines+markers") -> go.Figure:
+    """One curve per label, each point clickable to its run. Where a label has several runs at one x
+    (repeats over seeds, i.e. other calibration images, or settings the label does not name), the curve goes
+    through their mean with a bar from the lowest to the highest, and every run is a faint point of its own."""
+    hover = "%{customdata[0]}<br>" + x + " %{x}<br>top-1 %{y:.4f}<extra>%{fullData.name}</extra>"
     for label, rows in runs.sort_values(x).groupby("label"):
+        ids = rows[["id"]].to_numpy()
+        if not rows[x].duplicated().any():
+            fig.add_scatter(
+                x=rows[x], y=rows["top1_final"], mode=mode, name=str(label), customdata=ids, hovertemplate=hover
+            )
+            continue
+        spread = rows.groupby(x)["top1_final"].agg(["mean", "min", "max", "count"]).reset_index()
+        fig.add_scatter(
+            x=spread[x],
+            y=spread["mean"],
+            mode=mode,
+            name=str(label),
+            legendgroup=str(label),
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=spread["max"] - spread["mean"],
+                arrayminus=spread["mean"] - spread["min"],
+            ),
+            text=spread["count"],  # not customdata: a click on the mean opens no run
+            hovertemplate=x + " %{x}<br>mean top-1 %{y:.4f} of %{text} runs (bar: lowest to highest)"
+            "<extra>%{fullData.name}</extra>",
+        )
         fig.add_scatter(
             x=rows[x],
             y=rows["top1_final"],
-            mode=mode,
-            name=str(label),
-            customdata=rows[["id"]].to_numpy(),
-            hovertemplate="%{customdata[0]}<br>" + x + " %{x}<br>top-1 %{y:.4f}<extra>%{fullData.name}</extra>",
+            mode="markers",
+            name=f"{label}: runs",
+            legendgroup=str(label),
+            showlegend=False,
+            opacity=0.4,
+            customdata=ids,
+            hovertemplate=hover,
         )
     return fig
 

@@ -267,7 +267,8 @@ def trajectory_frame(events: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def mask_reconstruction_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(top-1, gain over mask-only) with rows = mask methods and columns = reconstructions; newest run per cell."""
+    """(top-1, gain over mask-only) with rows = mask methods and columns = reconstructions: per cell the mean
+    over seeds of the newest run of each seed (one seed: its newest run)."""
     done = runs[runs["status"] == RunStatus.DONE].copy()
     if done.empty:
         empty = pd.DataFrame()
@@ -276,7 +277,12 @@ def mask_reconstruction_matrix(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         reconstruction_label(r, int(k), int(s))
         for r, k, s in zip(done["reconstruction"], done["k"], done["stages"], strict=True)
     ]
-    newest = done.sort_values("created").groupby(["mask", "reconstructed"]).last()
+    per_seed = (
+        done.sort_values("created")
+        .groupby(["mask", "reconstructed", "seed"], dropna=False)[["top1_final", "gain"]]
+        .last()
+    )
+    newest = per_seed.groupby(level=["mask", "reconstructed"]).mean()
     columns = sorted(newest.index.get_level_values("reconstructed").unique(), key=_reconstruction_order)
     top1 = newest["top1_final"].unstack("reconstructed").reindex(columns=columns)
     gain = newest["gain"].unstack("reconstructed").reindex(columns=columns)
