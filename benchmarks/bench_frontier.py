@@ -4,7 +4,9 @@
    all the shared test images and seconds, with no update, layer-wise least squares, SNOWS K=3 in one
    pass, and SNOWS K=3 in `--stages` gradual passes.
 2. At `--recipe-sparsity`, magnitude + SNOWS K=3 in `--stages` passes under every allocation.
-3. The same recipe with `--n-calib` and `--big-calib` calibration images.
+3. The same recipe with `--n-calib` and `--big-calib` calibration images, the big set in mini-batches of
+   `--n-calib` (one Newton step each) and as one batch whose curvature products are taken on `--n-calib`
+   of its images (`curvature_fraction`).
 Every run prunes the same 18 block convs; calibration images are the first n of train_x.
 
     .venv/bin/python benchmarks/bench_frontier.py [--shared ../shared] [--sparsity 0.7,0.8,0.9,0.95,2:4]
@@ -103,9 +105,15 @@ def main() -> None:
     if "3" in tables:
         print(f"\nCalibration images at {args.recipe_sparsity}, magnitude + SNOWS K=3, {args.stages} stages\n")
         print("| calibration images | top-1 (seconds) |\n|---|---|")
-        for n in (args.n_calib, args.big_calib):
-            cfg = config(args.recipe_sparsity, "magnitude", n, **gradual)
-            print(f"| {n} | {bench.run(cfg, table=3, column=n)} |", flush=True)
+        small, big = args.n_calib, args.big_calib
+        rows = {  # row label -> (images, Newton step batch, curvature fraction)
+            f"{small}": (small, small, 1.0),
+            f"{big} in mini-batches of {small}": (big, small, 1.0),
+            f"{big} in one batch, curvature products on {small}": (big, big, small / big),
+        }
+        for label, (n, batch, fraction) in rows.items():
+            cfg = config(args.recipe_sparsity, "magnitude", n, batch_size=batch, curvature_fraction=fraction, **gradual)
+            print(f"| {label} | {bench.run(cfg, table=3, column=label)} |", flush=True)
     if args.out:
         args.out.write_text(json.dumps(bench.rows, indent=1))
 
