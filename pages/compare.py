@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages.common import empty_state, runs, store
 from snows_core.dashboard import charts
-from snows_core.dashboard.frames import comparability, layers_frame, mask_reconstruction_matrix
+from snows_core.dashboard.frames import comparability, layers_frame, mask_reconstruction_matrix, seed_repeats
 from snows_core.runs import RunStatus
 
 st.title("Compare runs")
@@ -32,9 +32,14 @@ if len(picked) < 2:
     st.info("Pick two or more runs.")
     st.stop()
 
-reasons = comparability(picked)
+reasons, repeats = comparability(picked), seed_repeats(picked)
 if reasons:
     st.warning("**Not comparable**: " + "; ".join(reasons) + ".", icon=":material/warning:")
+elif repeats:
+    st.success(
+        f"Comparable: every setting repeated on seeds {', '.join(map(str, repeats))} (other calibration images "
+        "by design); same dataset, evaluation subset and versions. The matrix below shows means over seeds."
+    )
 else:
     st.success("Comparable: same dataset, calibration images, seed, evaluation subset and versions.")
 

@@ -17,6 +17,7 @@ from snows_core.dashboard.frames import (
     reconstruction_label,
     runs_frame,
     scan_frame,
+    seed_repeats,
     sensitivity_frame,
     series_label,
     steps_frame,
@@ -250,3 +251,16 @@ def test_the_matrix_averages_seeds_and_keeps_the_newest_run_of_each():
     top1, gain = mask_reconstruction_matrix(done)
     assert top1.loc["magnitude", "snows K=3"] == pytest.approx(0.82) and gain.loc["magnitude", "snows K=3"] == 0.25
     assert top1.loc["wanda", "snows K=3"] == 0.70
+
+
+def test_runs_repeated_on_the_same_seeds_are_comparable_by_design():
+    cells = [(label, seed) for label in ("magnitude + snows K=3", "wanda + snows K=3") for seed in (0, 1)]
+    runs = pd.DataFrame(cells, columns=["label", "seed"]).assign(
+        sparsity=0.9, calib_digest=lambda f: f["seed"].map({0: "a", 1: "b"}), dataset="cifar10", eval_subset="e"
+    )
+    runs = runs.assign(version="v", torch="t")
+    assert seed_repeats(runs) == [0, 1] and comparability(runs) == []
+    unbalanced = runs.iloc[:3]  # wanda only on seed 0: its runs and magnitude's differ in calibration images
+    assert seed_repeats(unbalanced) == [] and any(r.startswith("seed") for r in comparability(unbalanced))
+    one_seed = runs[runs["seed"] == 0]
+    assert seed_repeats(one_seed) == [] and comparability(one_seed) == []

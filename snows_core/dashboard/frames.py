@@ -38,6 +38,7 @@ __all__ = [
     "reconstruction_label",
     "mask_reconstruction_matrix",
     "comparability",
+    "seed_repeats",
     "COMPARABLE_ON",
 ]
 
@@ -296,11 +297,24 @@ def _reconstruction_order(label: str) -> tuple[int, int, int]:
     return (0, 0, stages) if label.startswith("none") else (1, 0, stages)
 
 
+def seed_repeats(runs: pd.DataFrame) -> list[int]:
+    """The seeds when these runs repeat every setting (label and sparsity) on the same two or more seeds, each
+    seed with one set of calibration images (a sweep over seeds), else []."""
+    seeds = runs.groupby(["label", "sparsity"], dropna=False)["seed"].agg(lambda s: tuple(sorted(set(s))))
+    if seeds.empty or seeds.nunique() != 1 or len(seeds.iloc[0]) < 2:
+        return []
+    if (runs.groupby("seed")["calib_digest"].nunique() > 1).any():
+        return []
+    return [int(seed) for seed in seeds.iloc[0]]
+
+
 def comparability(runs: pd.DataFrame) -> list[str]:
-    """What differs between these runs that makes their accuracies not comparable ([] when none)."""
+    """What differs between these runs that makes their accuracies not comparable ([] when none). Seeds (and so
+    calibration images) may differ when every setting is repeated on the same seeds (`seed_repeats`)."""
+    by_design = {"seed", "calib_digest"} if seed_repeats(runs) else set()
     reasons = []
     for column, what in COMPARABLE_ON.items():
         values = runs[column].dropna().unique()
-        if len(values) > 1:
+        if len(values) > 1 and column not in by_design:
             reasons.append(f"{what} differs ({', '.join(map(str, values[:4]))})")
     return reasons
