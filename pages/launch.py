@@ -272,7 +272,7 @@ with st.expander("Advanced"):
         "Seeds",
         key="seeds",
         help="Each seed draws other calibration images; several repeat every run on each, and the Trade-offs "
-        "charts show their mean and range. At 90% on ResNet-20 one recipe's top-1 spans 1-3 points "
+        "charts show their mean and range. At 90% on ResNet-20 one recipe's top-1 spans 0.6-3 points "
         "across three calibration samples.",
     )
     c.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
