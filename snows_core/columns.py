@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["layer_columns", "input_grams", "columns_unsupported", "linear_part"]
+__all__ = ["layer_columns", "input_grams", "columns_unsupported", "linear_part", "solve_on_kept", "spd_solve"]
 
 
 def columns_unsupported(module: nn.Module) -> str | None:
@@ -84,3 +84,43 @@ def _output_columns(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, gr
     if isinstance(module, nn.Linear):
         return y.reshape(-1, weight.shape[0]).T[None]  # (1, out, rows)
     return y.flatten(2).unflatten(1, (groups, -1)).permute(1, 2, 0, 3).flatten(2)  # (groups, out/g, n*L)
+
+
+def solve_on_kept(
+    system: torch.Tensor, group_of_row: torch.Tensor, keep: torch.Tensor, rhs: torch.Tensor, ridge: float = 0.0
+) -> torch.Tensor:
+    """Per row r, v_S = (A_SS + ridge I)^-1 rhs_S on its kept inputs S (zero elsewhere), A = system[group_of_row[r]].
+
+    `system` (groups, d, d) symmetric positive (semi)definite, `keep` (rows, d) 0/1, `rhs` (rows, d). Each
+    row's system is solved on its first `width` inputs in kept-first order (its kept ones, then pruned ones
+    whose identity rows decouple): a kept fraction f costs f^3 of the full d x d solve.
+    """
+    d = system.shape[-1]
+    width = max(1, int(keep.sum(1).max()))
+    order = torch.argsort(keep, dim=1, descending=True, stable=True)[:, :width]  # (rows, width)
+    solved = torch.zeros_like(rhs)
+    chunk = max(1, 2**24 // (width * d))  # bound the gathered rows (c, w, d) to ~128 MB in float64
+    for start in range(0, rhs.shape[0], chunk):
+        idx = slice(start, start + chunk)
+        cols, group = order[idx], group_of_row[idx]  # (c, w), (c,)
+        c, w = cols.shape
+        picked = system.reshape(-1, d).index_select(0, (group[:, None] * d + cols).flatten())  # (c*w, d): A_S rows
+        block = picked.view(c, w, d).gather(2, cols[:, None, :].expand(c, w, w))  # (c, w, w): A_SS
+        s = keep[idx].gather(1, cols)  # (c, w)
+        block.mul_(s[:, :, None]).mul_(s[:, None, :]).diagonal(dim1=1, dim2=2).add_(1 - s + ridge * s)
+        solved[idx] = solved[idx].scatter(1, cols, spd_solve(block, s * rhs[idx].gather(1, cols)) * s)
+    return solved
+
+
+def spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Batched SPD solve by Cholesky; a singular system (no ridge, a dead input) falls back to the pseudo-inverse.
+
+    Cholesky rather than LU: batched LU (torch.linalg.solve) returns garbage pivots in this torch/MKL build
+    once torch.set_num_threads has been called, as the run workers do.
+    """
+    factor, info = torch.linalg.cholesky_ex(system)  # (c, d, d), (c,)
+    solution = torch.cholesky_solve(rhs[..., None], factor)[..., 0]  # (c, d)
+    singular = info > 0
+    if singular.any():
+        solution[singular] = (torch.linalg.pinv(system[singular], hermitian=True) @ rhs[singular, :, None])[..., 0]
+    return solution

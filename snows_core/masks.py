@@ -15,6 +15,8 @@ Methods chosen *in the layer loop* see the pruned path and move the weights whil
 run just before the layer's reconstruction, on its pruned-path input, and return the mask together
 with their own weights, which become the reconstruction's starting point:
 - ``sparsegpt``: Frantar & Alistarh 2023, OBS updates column by column (see `snows_core.sparsegpt`).
+- ``obc``: Frantar & Alistarh 2022, exact OBS one weight at a time per row, the layer's prune count split
+  over rows by their step losses (see `snows_core.obc`); for layers of up to 1024 input columns per group.
 
 How many weights each layer keeps is the allocation's business (`snows_core.allocation`:
 uniform, global, lamp, sensitivity; `list_allocations()`); in-loop methods are allocated by |W|.
@@ -37,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core.allocation import global_counts, kept_count, list_allocations
+from snows_core.obc import obc_layer, obc_unsupported
 from snows_core.registry import Registry
 from snows_core.sparsegpt import sparsegpt_layer
 
@@ -84,6 +87,7 @@ class LayerInputs:
     prior: torch.Tensor | None = None  # bool like the weight: the previous pass's mask; pruned stays pruned
     batch_size: int = 256
     grams: tuple[torch.Tensor, torch.Tensor, int] | None = None  # columns.input_grams(module, x, x_reference, weight)
+    start: torch.Tensor | None = None  # a later pass's reconstructed weights, to start from instead of the dense fit
 
 
 @dataclass
@@ -104,6 +108,7 @@ class MaskMethod:
     user_supplied: bool = False
     summary: str = ""
     choose: Callable[[LayerInputs], MaskChoice] | None = None
+    unsupported: Callable[[nn.Module], str | None] | None = None  # why an in-loop method refuses a layer
 
     @property
     def in_loop(self) -> bool:
@@ -121,14 +126,18 @@ def register_mask_method(
     user_supplied: bool = False,
     in_loop: bool = False,
     summary: str = "",
+    unsupported: Callable[[nn.Module], str | None] | None = None,
 ) -> Callable:
     """Decorator registering `fn(inputs: ScoreInputs) -> scores` under `name`, or with `in_loop`
-    a chooser `fn(inputs: LayerInputs) -> MaskChoice` run in the layer loop."""
+    a chooser `fn(inputs: LayerInputs) -> MaskChoice` run in the layer loop (`unsupported(module)` says
+    why it refuses a layer, checked before any work)."""
 
     def wrap(fn: Callable) -> Callable:
         summary_text = summary or (fn.__doc__ or "")
         if in_loop:
-            _MASK_METHODS.add(name, MaskMethod(name, None, True, False, summary_text, choose=fn))
+            _MASK_METHODS.add(
+                name, MaskMethod(name, None, True, False, summary_text, choose=fn, unsupported=unsupported)
+            )
         else:
             _MASK_METHODS.add(name, MaskMethod(name, fn, needs_activations, user_supplied, summary_text))
         return fn
@@ -171,6 +180,16 @@ def custom_scores(inputs: ScoreInputs) -> torch.Tensor:
 )
 def sparsegpt_choice(inputs: LayerInputs) -> MaskChoice:
     return MaskChoice(*sparsegpt_layer(inputs))
+
+
+@register_mask_method(
+    "obc",
+    in_loop=True,
+    unsupported=obc_unsupported,
+    summary="OBC: exact OBS one weight at a time per row on the pruned path (moves weights; small layers)",
+)
+def obc_choice(inputs: LayerInputs) -> MaskChoice:
+    return MaskChoice(*obc_layer(inputs))
 
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

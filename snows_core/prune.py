@@ -256,8 +256,10 @@ def _check_layer_support(gm: fx.GraphModule, nodes: list[fx.Node], config: Prune
     needs = [("mask", config.mask)] if get_mask_method(config.mask).in_loop else []
     if config.reconstruction == "lstsq" or (config.reconstruction == "snows" and config.warm_start):
         needs.append(("reconstruction", config.reconstruction))
+    method = get_mask_method(config.mask)
     for node in nodes if needs else []:
-        reason = columns_unsupported(gm.get_submodule(node.target))
+        module = gm.get_submodule(node.target)
+        reason = columns_unsupported(module) or (method.unsupported and method.unsupported(module))
         if reason:
             field_name, value = needs[0]
             raise ValueError(f"{field_name} {value!r} cannot handle layer {node.target}: {reason}")
@@ -484,6 +486,7 @@ def _choose(
         loop.masks.get(node.target),
         config.batch_size,
         grams,
+        module.weight.detach().clone() if stage > 1 else None,
     )
     return loop.method.choose(inputs), grams
 

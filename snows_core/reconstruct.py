@@ -36,7 +36,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from snows_core.columns import input_grams, linear_part
+from snows_core.columns import input_grams, linear_part, solve_on_kept
 from snows_core.events import EventSink, NewtonStep
 from snows_core.lookahead import PrunedPath, Window, build_window
 from snows_core.registry import Registry
@@ -424,41 +424,12 @@ def lstsq_weight(
     gram, cross, numel_out = grams or input_grams(module, x, x_reference, dense_weight, batch_size)
     groups = gram.shape[0]
     rows = dense_weight.reshape(dense_weight.shape[0], -1).to(gram.dtype)  # (out, d)
-    d = rows.shape[1]
     keep = mask.reshape(rows.shape).to(gram.dtype)  # (out, d)
     group_of_row = torch.arange(rows.shape[0], device=rows.device) // (rows.shape[0] // groups)  # (out,)
     ridge = damping * numel_out / 2
-    # Each row's system is solved on its first `width` inputs in `order` (its kept ones, then pruned ones
-    # whose identity rows decouple): a kept fraction f costs f^3 of the full d x d solve.
-    width = max(1, int(keep.sum(1).max()))
-    order = torch.argsort(keep, dim=1, descending=True, stable=True)[:, :width]  # (out, width)
     target = cross.transpose(1, 2).reshape(rows.shape)  # (out, d): C w, per group
-    solved = torch.zeros_like(rows)
-    chunk = max(1, 2**24 // (width * d))  # bound the gathered rows (c, w, d) to ~128 MB in float64
-    for start in range(0, rows.shape[0], chunk):
-        idx = slice(start, start + chunk)
-        cols, group = order[idx], group_of_row[idx]  # (c, w), (c,)
-        c, w = cols.shape
-        picked = gram.reshape(-1, d).index_select(0, (group[:, None] * d + cols).flatten())  # (c*w, d): G_S rows
-        system = picked.view(c, w, d).gather(2, cols[:, None, :].expand(c, w, w))  # (c, w, w): G_SS
-        s = keep[idx].gather(1, cols)  # (c, w)
-        system.mul_(s[:, :, None]).mul_(s[:, None, :]).diagonal(dim1=1, dim2=2).add_(1 - s + ridge * s)
-        solved[idx] = solved[idx].scatter(1, cols, _spd_solve(system, s * target[idx].gather(1, cols)) * s)
+    solved = solve_on_kept(gram, group_of_row, keep, target, ridge)  # (out, d)
     return solved.reshape(dense_weight.shape).to(dense_weight.dtype)
-
-
-def _spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Batched SPD solve by Cholesky; a singular system (no ridge, a dead input) falls back to the pseudo-inverse.
-
-    Cholesky rather than LU: batched LU (torch.linalg.solve) returns garbage pivots in this torch/MKL build
-    once torch.set_num_threads has been called, as the run workers do.
-    """
-    factor, info = torch.linalg.cholesky_ex(system)  # (c, d, d), (c,)
-    solution = torch.cholesky_solve(rhs[..., None], factor)[..., 0]  # (c, d)
-    singular = info > 0
-    if singular.any():
-        solution[singular] = (torch.linalg.pinv(system[singular], hermitian=True) @ rhs[singular, :, None])[..., 0]
-    return solution
 
 
 def _channels_last(value: object, module: nn.Module) -> object:

@@ -25,7 +25,10 @@ with X the pruned path's columns and X_t the dense path's, plus SparseGPT's damp
 toward the dense weights, lambda ||W - W_dense||^2. With G = X X^T and C = X_t X^T this equals
 (W - W*)(G + lambda I)(W - W*)^T plus a constant for W* = W_dense (C + lambda I)(G + lambda I)^-1, so
 SparseGPT starts from W* with the same damped Hessian. When the two paths agree (X_t = X), W* is
-W_dense: exactly the paper's problem.
+W_dense: exactly the paper's problem. In a later pass of a gradual schedule (`LayerInputs.start`) it
+starts from the weights the pass before reconstructed instead, with the same Hessian: the objective
+||W X - W_prev X||^2 re-scores the reconstructed weights, which SNOWS fitted to the deeper targets,
+rather than going back to the layer-local least-squares fit.
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ from snows_core.columns import input_grams
 if TYPE_CHECKING:  # masks registers this method, so this module must not import it at run time
     from snows_core.masks import LayerInputs
 
-__all__ = ["sparsegpt_prune", "sparsegpt_layer", "BLOCK_SIZE", "RELATIVE_DAMPING"]
+__all__ = [
+    "sparsegpt_prune",
+    "sparsegpt_layer",
+    "column_order",
+    "layer_start",
+    "least_squares_start",
+    "BLOCK_SIZE",
+    "RELATIVE_DAMPING",
+]
 
 BLOCK_SIZE = 128
 RELATIVE_DAMPING = 0.01  # lambda = 1% of the mean diagonal of H, as the paper
@@ -136,14 +147,13 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
     grams = inputs.grams or input_grams(module, inputs.x, inputs.x_reference, weight, inputs.batch_size)
     gram, cross, _ = grams  # (groups, d, d), (groups, d, out/g)
-    rows = weight.reshape(groups, weight.shape[0] // groups, -1).double()  # (groups, out/g, d)
+    rows = layer_start(inputs, gram, cross)  # (groups, out/g, d)
     prior = None if inputs.prior is None else inputs.prior.reshape(rows.shape)
-    order = _column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
+    order = column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
     prune = weight.numel() - inputs.keep if inputs.nm is None else None
-    same_inputs = inputs.x_reference is inputs.x or torch.equal(inputs.x_reference, inputs.x)
     masks, weights = [], []
     for g in range(groups):
-        start = rows[g] if same_inputs else _least_squares_start(rows[g], gram[g], cross[g])
+        start = rows[g]
         share = None if prune is None else round(prune * (g + 1) / groups) - round(prune * g / groups)
         keep, solved = sparsegpt_prune(
             start[:, order],
@@ -159,7 +169,18 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, torch.stack(weights).reshape(weight.shape).to(weight.dtype)
 
 
-def _column_order(weight: torch.Tensor) -> torch.Tensor:
+def layer_start(inputs: LayerInputs, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """The weights an in-loop method starts from, (groups, out/g, d) float64: a later pass's reconstructed
+    weights, else W* (the dense weights when the two paths agree)."""
+    weight = inputs.weight if inputs.start is None else inputs.start
+    groups = gram.shape[0]
+    rows = weight.reshape(groups, weight.shape[0] // groups, -1).double()  # (groups, out/g, d)
+    if inputs.start is not None or inputs.x_reference is inputs.x or torch.equal(inputs.x_reference, inputs.x):
+        return rows
+    return torch.stack([least_squares_start(rows[g], gram[g], cross[g]) for g in range(groups)])
+
+
+def column_order(weight: torch.Tensor) -> torch.Tensor:
     """Column permutation putting a conv's im2col columns in (kernel row, kernel column, input channel) order."""
     if weight.dim() == 2:
         return torch.arange(weight.shape[1], device=weight.device)
@@ -167,7 +188,7 @@ def _column_order(weight: torch.Tensor) -> torch.Tensor:
     return torch.arange(c * kh * kw, device=weight.device).view(c, kh, kw).permute(1, 2, 0).flatten()  # (d,)
 
 
-def _least_squares_start(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+def least_squares_start(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
     """W* = W_dense (C + lambda I)(G + lambda I)^-1, minimising ||W X - W_dense X_t||^2 + lambda ||W - W_dense||^2
     (C = X_t X^T; `cross` is C^T W_dense^T, (d, out/g))."""
     ridge = RELATIVE_DAMPING * gram.diagonal().mean()  # H = 2G is damped by 2 ridge: the same lambda

@@ -1,4 +1,4 @@
-"""The frontier options in the layer loop: in-loop SparseGPT, gradual stages, LAMP and sensitivity allocation."""
+"""The frontier options in the layer loop: in-loop SparseGPT and OBC, gradual stages, LAMP and sensitivity allocation."""
 
 import itertools
 
@@ -99,6 +99,28 @@ def test_sparsegpt_with_no_update_is_sparsegpt_itself(tiny_resnet):
     assert result.sparsity == pytest.approx(1 - 460 / 1152)
 
 
+@pytest.mark.parametrize("method", ["obc", "sparsegpt"])
+def test_a_later_pass_starts_the_in_loop_method_from_the_reconstructed_weights(tiny_resnet, monkeypatch, method):
+    from snows_core import obc, sparsegpt
+
+    module = {"obc": obc, "sparsegpt": sparsegpt}[method]
+    run = getattr(module, f"{method}_prune")
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(weight, hessian, **kwargs):
+        kept, solved = run(weight, hessian, **kwargs)
+        calls.append((weight.clone(), solved.clone()))
+        return kept, solved
+
+    monkeypatch.setattr(module, f"{method}_prune", spy)
+    cfg = PruneConfig(sparsity=0.8, mask=method, reconstruction="none", stages=2, n_calib=16)
+    prune_model(tiny_resnet, calib(), cfg)
+    (c1_first, c2_first, c1_second, c2_second) = calls  # pass 1: c1, c2; pass 2: c1, c2 (one group each)
+    dense = tiny_resnet.c1.weight.detach().reshape(8, -1).double()
+    assert torch.equal(c1_first[0], dense)  # pass 1 on c1: both paths agree, W* is the dense weight
+    assert torch.allclose(c1_second[0], c1_first[1]) and torch.allclose(c2_second[0], c2_first[1])
+
+
 def test_snows_starts_from_the_sparsegpt_weights_and_improves_on_them(tiny_resnet):
     cfg = PruneConfig(sparsity=0.8, mask="sparsegpt", reconstruction="snows", k=2, n_calib=16)
     result = prune_model(tiny_resnet, calib(), cfg)
@@ -156,8 +178,10 @@ def test_sparsegpt_refuses_a_layer_it_cannot_handle_before_any_work():
         {"mask": "sparsegpt", "stages": 2, "allocation": "sensitivity", "sparsity": 0.8},
         {"mask": "sparsegpt", "pattern": "2:4", "sparsity": None},
         {"mask": "wanda", "allocation": "lamp", "stages": 2, "sparsity": 0.7},
+        {"mask": "obc", "stages": 2, "sparsity": 0.8},
+        {"mask": "obc", "pattern": "2:4", "sparsity": None},
     ],
-    ids=["sparsegpt-stages-sensitivity", "sparsegpt-2:4", "wanda-lamp-stages"],
+    ids=["sparsegpt-stages-sensitivity", "sparsegpt-2:4", "wanda-lamp-stages", "obc-stages", "obc-2:4"],
 )
 @pytest.mark.slow
 def test_zoo_models_take_every_frontier_option(name, options):
