@@ -1,9 +1,9 @@
 """Benchmark: the accuracy frontier on ResNet-20 / CIFAR-10, mask method x update x recipe, as Markdown tables.
 
-1. For every sparsity (unstructured, and 2:4) and mask method (magnitude, wanda, sparsegpt): top-1 on
+1. For every sparsity (unstructured, and 2:4) and mask method (magnitude, wanda, sparsegpt, obc): top-1 on
    all the shared test images and seconds, with no update, layer-wise least squares, SNOWS K=3 in one
    pass, and SNOWS K=3 in `--stages` gradual passes.
-2. At `--recipe-sparsity`, magnitude + SNOWS K=3 in `--stages` passes under every allocation.
+2. At `--recipe-sparsity`, `--recipe-mask` (obc) + SNOWS K=3 in `--stages` passes under every allocation.
 3. The same recipe with `--n-calib` and `--big-calib` calibration images, the big set in mini-batches of
    `--n-calib` (one Newton step each) and as one batch whose curvature products are taken on `--n-calib`
    of its images (`curvature_fraction`).
@@ -11,7 +11,8 @@ Every run prunes the same 18 block convs; calibration images are the first n of 
 each config also runs on the next S - 1 disjoint sets of n, and a cell is the mean [lowest-highest]).
 
     .venv/bin/python benchmarks/bench_frontier.py [--shared ../shared] [--sparsity 0.7,0.8,0.9,0.95,2:4]
-        [--masks magnitude,wanda,sparsegpt] [--stages 5] [--recipe-sparsity 0.9] [--big-calib 1024]
+        [--masks magnitude,wanda,sparsegpt,obc] [--stages 5] [--recipe-sparsity 0.9] [--recipe-mask obc]
+        [--big-calib 1024]
         [--tables 1,2,3] [--samples 1] [--out frontier.json]
 """
 
@@ -80,10 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path(os.environ.get("SNOWS_SHARED", "../shared")))
     parser.add_argument("--sparsity", default="0.7,0.8,0.9,0.95,2:4")
-    parser.add_argument("--masks", default="magnitude,wanda,sparsegpt")
+    parser.add_argument("--masks", default="magnitude,wanda,sparsegpt,obc")
     parser.add_argument("--n-calib", type=int, default=256)
     parser.add_argument("--stages", type=int, default=5, help="passes of the gradual recipe")
     parser.add_argument("--recipe-sparsity", default="0.9", help="where tables 2 and 3 are measured")
+    parser.add_argument("--recipe-mask", default="obc", help="the mask method of tables 2 and 3")
     parser.add_argument("--big-calib", type=int, default=1024)
     parser.add_argument("--tables", default="1,2,3")
     parser.add_argument("--samples", type=int, default=1, help="disjoint calibration sets per config: mean [range]")
@@ -111,13 +113,13 @@ def main() -> None:
                     cells.append(bench.run(cfg, table=1, column=column))
                 print(f"| {sparsity} | {mask} | " + " | ".join(cells) + " |", flush=True)
     if "2" in tables:
-        print(f"\nAllocations at {args.recipe_sparsity}, magnitude + SNOWS K=3, {args.stages} stages\n")
+        print(f"\nAllocations at {args.recipe_sparsity}, {args.recipe_mask} + SNOWS K=3, {args.stages} stages\n")
         print("| allocation | top-1 (seconds) |\n|---|---|")
         for allocation in list_allocations():
-            cfg = config(args.recipe_sparsity, "magnitude", args.n_calib, allocation=allocation, **gradual)
+            cfg = config(args.recipe_sparsity, args.recipe_mask, args.n_calib, allocation=allocation, **gradual)
             print(f"| {allocation} | {bench.run(cfg, table=2, column=allocation)} |", flush=True)
     if "3" in tables:
-        print(f"\nCalibration images at {args.recipe_sparsity}, magnitude + SNOWS K=3, {args.stages} stages\n")
+        print(f"\nCalibration images at {args.recipe_sparsity}, {args.recipe_mask} + SNOWS K=3, {args.stages} stages\n")
         print("| calibration images | top-1 (seconds) |\n|---|---|")
         small, big = args.n_calib, args.big_calib
         rows = {  # row label -> (images, Newton step batch, curvature fraction)
@@ -126,7 +128,9 @@ def main() -> None:
             f"{big} in one batch, curvature products on {small}": (big, big, small / big),
         }
         for label, (n, batch, fraction) in rows.items():
-            cfg = config(args.recipe_sparsity, "magnitude", n, batch_size=batch, curvature_fraction=fraction, **gradual)
+            cfg = config(
+                args.recipe_sparsity, args.recipe_mask, n, batch_size=batch, curvature_fraction=fraction, **gradual
+            )
             print(f"| {label} | {bench.run(cfg, table=3, column=label)} |", flush=True)
     if args.out:
         args.out.write_text(json.dumps(bench.rows, indent=1))

@@ -39,9 +39,9 @@ PRESETS = {
         "n_calib": 256,
         "eval_size": 1000,
     },
-    "Best at high sparsity: 90% in 5 gradual stages (resnet20)": {
+    "Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)": {
         "model": "resnet20",
-        "masks": ["magnitude"],
+        "masks": ["obc"],
         "reconstructions": ["snows"],
         "sparsities": "0.9",
         "ks": "3",

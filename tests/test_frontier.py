@@ -1,4 +1,4 @@
-"""The frontier options in the layer loop: in-loop SparseGPT and OBC, gradual stages, LAMP and sensitivity allocation."""
+"""The frontier options in the layer loop: in-loop SparseGPT and OBC, stages, LAMP and sensitivity allocation."""
 
 import itertools
 

@@ -37,6 +37,7 @@ STARTUP_SECONDS = 4.0  # spawn a worker, import torch, load data (bench_queue.py
 SETUP_FORWARDS = 1.2
 HVP_FORWARDS = 0.5
 LINE_SEARCH_FORWARDS = 3.5
+IN_LOOP_FORWARDS = {"sparsegpt": 0.3, "obc": 1.0}  # a mask chosen in the layer loop, per layer and pass
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _seconds(spec: RunSpec, p: Probe) -> float:
     window = min(1.0, (c.k + 2) / max(p.layers, 1))
     newton = c.newton_passes * (HVP_FORWARDS * c.cg_iters * c.curvature_fraction + LINE_SEARCH_FORWARDS) * window
     per_layer = {"none": 0.3, "lstsq": SETUP_FORWARDS}.get(c.reconstruction, SETUP_FORWARDS + newton)
-    per_layer += 0.3 if c.mask == "sparsegpt" else 0.0
+    per_layer += IN_LOOP_FORWARDS.get(c.mask, 0.0)
     scan = len(scan_sparsities(c.layer_sparsity_cap)) * 1.5 if c.allocation == "sensitivity" else 0.0
     evals = (3 + (2 * p.layers if spec.trajectory else 0)) * p.seconds_per_image * (spec.eval_size or 10_000)
     return STARTUP_SECONDS + p.layers * (c.stages * per_layer + scan) * dense_forward + evals
@@ -134,7 +135,7 @@ def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
             results.get(run["id"]) or {},
         )  # older runs
         same = run["spec"]["model"] == spec.model and run["spec"]["dataset"] == spec.dataset
-        same = same and (config["mask"] == "sparsegpt") == (spec.config.mask == "sparsegpt")
+        same = same and IN_LOOP_FORWARDS.get(config["mask"]) == IN_LOOP_FORWARDS.get(spec.config.mask)
         if same and all(config[key] == value for key, value in wanted.items()) and "seconds" in result:
             matches.append(result)
     return matches
