@@ -22,8 +22,9 @@ group of M, a weight no longer eligible once its group has lost M - N. Weights p
 Once a row's mask is known its weights are the exact minimiser on it, w_K = [H_KK]^-1 (w* H)_K (K the
 kept inputs): where the greedy trajectory ends in exact arithmetic, without storing the trajectory.
 
-The objective, the dense-target start w* on the pruned path and the damping (lambda = 1% of the mean
-diagonal) are SparseGPT's, as are the im2col columns per group and the N:M column order for convs.
+The objective, its start w* (the dense-target fit on the pruned path; in a later pass of a gradual
+schedule, the reconstructed weights) and the damping (lambda = 1% of the mean diagonal) are SparseGPT's,
+as are the im2col columns per group and the N:M column order for convs.
 """
 
 from __future__ import annotations

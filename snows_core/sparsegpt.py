@@ -153,10 +153,9 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
     prune = weight.numel() - inputs.keep if inputs.nm is None else None
     masks, weights = [], []
     for g in range(groups):
-        start = rows[g]
         share = None if prune is None else round(prune * (g + 1) / groups) - round(prune * g / groups)
         keep, solved = sparsegpt_prune(
-            start[:, order],
+            rows[g][:, order],
             2 * gram[g][order][:, order],
             prune=share,
             nm=inputs.nm,
