@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from test_sparsegpt import problem
 
 from snows_core import PruneConfig, prune_model
 from snows_core.masks import LayerInputs, get_mask_method, holds_nm
@@ -48,14 +49,6 @@ def reference_obc(
     for r in range(rows):
         kept[r, orders[r][: counts[r]]] = False
     return kept, torch.stack([trajectories[r][counts[r]] for r in range(rows)])
-
-
-def problem(rows: int = 5, d: int = 12, samples: int = 40, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, d, generator=g, dtype=torch.float64)
-    scale = torch.linspace(0.2, 2.0, d, dtype=torch.float64)[:, None]  # columns of unequal energy
-    x = torch.randn(d, samples, generator=g, dtype=torch.float64) * scale
-    return weight, x, 2 * x @ x.T
 
 
 @pytest.mark.parametrize("prune", [1, 23, 50, 59])
@@ -107,7 +100,7 @@ def test_damping_is_used():
 
 
 def test_prior_pruned_weights_go_first_jointly_and_do_not_count_in_the_selection():
-    weight, _, hessian = problem()
+    weight, _, hessian = problem(rows=5)
     prior = torch.ones_like(weight, dtype=torch.bool)
     prior[:, :3] = False  # 15 weights already gone
     kept, solved = obc_prune(weight, hessian, prune=40, prior=prior, relative_damping=0.0)
@@ -123,16 +116,16 @@ def test_prior_pruned_weights_go_first_jointly_and_do_not_count_in_the_selection
 def test_a_dead_input_is_pruned_first_for_free():
     weight, x, _ = problem()
     x[4] = 0.0
-    kept, _ = obc_prune(weight, 2 * x @ x.T, prune=5)
-    assert not kept[:, 4].any() and int((~kept).sum()) == 5
+    kept, _ = obc_prune(weight, 2 * x @ x.T, prune=6)  # as many as the rows: the dead column's weights
+    assert not kept[:, 4].any() and int((~kept).sum()) == 6
 
 
-def test_grouped_conv_rows_use_their_own_group_and_the_layer_keeps_its_count():
+def test_grouped_conv_rows_use_their_own_groups_hessian():
     conv = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)
     x = torch.randn(6, 4, 5, 5)
-    choice = obc_layer(LayerInputs("c", conv, conv.weight.detach(), x, x, keep=30))
-    mask, weight = choice
-    assert mask.shape == conv.weight.shape and int(mask.sum()) == 30
+    x[:, 2:] = 0.0  # group 2 sees only zeros: its weights cost nothing and go first, group 1's stay
+    mask, weight = obc_layer(LayerInputs("c", conv, conv.weight.detach(), x, x, keep=30))
+    assert mask.shape == conv.weight.shape and not mask[2:].any() and int(mask[:2].sum()) == 30
     assert torch.all(weight[~mask] == 0)
 
 
