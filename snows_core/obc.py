@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from snows_core.columns import input_grams, solve_on_kept
-from snows_core.sparsegpt import RELATIVE_DAMPING, column_order, layer_start
+from snows_core.sparsegpt import RELATIVE_DAMPING, column_order, damped_hessian, layer_start
 
 if TYPE_CHECKING:  # masks registers this method, so this module must not import it at run time
     from snows_core.masks import LayerInputs
@@ -71,14 +71,13 @@ def obc_prune(
     if (prune is None) == (nm is None):
         raise ValueError("give exactly one of prune (a count) or nm (an N:M pattern)")
     rows, d = weight.shape
-    h = hessian.detach().to(torch.float64).reshape(-1, d, d).clone()  # (groups, d, d)
-    group_of_row = torch.arange(rows, device=weight.device) // (rows // h.shape[0])  # (rows,)
-    dead = h.diagonal(dim1=1, dim2=2) == 0  # (groups, d): inputs that are always zero carry no information
-    h.diagonal(dim1=1, dim2=2).add_(dead.double())
-    h.diagonal(dim1=1, dim2=2).add_(relative_damping * h.diagonal(dim1=1, dim2=2).mean(1, keepdim=True))
+    h, dead = damped_hessian(hessian.reshape(-1, d, d), relative_damping)  # (groups, d, d), (groups, d)
+    groups = h.shape[0]
+    group_of_row = torch.arange(rows, device=weight.device) // (rows // groups)  # (rows,)
     w = weight.detach().to(torch.float64) * ~dead[group_of_row]  # (rows, d)
+    target = (w.view(groups, rows // groups, d) @ h).view(rows, d)  # w* H, so that w_K = [H_KK]^-1 (w* H)_K
     kept = torch.ones(rows, d, dtype=torch.bool, device=w.device) if prior is None else prior.clone()
-    order, losses = _greedy_removals(w, h, group_of_row, kept, nm)  # (rows, steps), (rows, steps)
+    order, losses = _greedy_removals(target, h, group_of_row, kept, nm)  # (rows, steps), (rows, steps)
     if nm is None:
         extra = prune - int((~kept).sum())
         if not 0 <= extra <= int(torch.isfinite(losses).sum()):
@@ -92,19 +91,19 @@ def obc_prune(
     taken = steps[None] < counts[:, None]  # (rows, steps); a row's padding (order -1) is never taken
     removed = torch.zeros(rows, d + 1, dtype=torch.bool, device=w.device).scatter_(1, order + 1, taken)[:, 1:]
     kept &= ~removed
-    target = (w[:, None, :] @ h[group_of_row])[:, 0]  # (rows, d): (w* H), so that w_K = [H_KK]^-1 (w* H)_K
     return kept, solve_on_kept(h, group_of_row, kept.double(), target).to(weight.dtype)
 
 
 def _greedy_removals(
-    w: torch.Tensor, h: torch.Tensor, group_of_row: torch.Tensor, kept: torch.Tensor, nm: tuple[int, int] | None
+    target: torch.Tensor, h: torch.Tensor, group_of_row: torch.Tensor, kept: torch.Tensor, nm: tuple[int, int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every row pruned greedily, cheapest OBS loss first, after its `kept`-False weights went jointly:
-    (order, losses), the column removed at each step and its loss (-1 and inf once a row has nothing left)."""
-    rows, d = w.shape
+    """Every row pruned greedily, cheapest OBS loss first, after its `kept`-False weights went jointly (rows
+    given by `target` = w* H): (order, losses), the column removed at each step and its loss (-1 and inf once a
+    row has nothing left)."""
+    rows, d = target.shape
     chunk = max(1, _CHUNK_BYTES // (8 * d * d))
     parts = [
-        _greedy_chunk(w[i : i + chunk], h[group_of_row[i : i + chunk]], kept[i : i + chunk], nm)
+        _greedy_chunk(target[i : i + chunk], h[group_of_row[i : i + chunk]], kept[i : i + chunk], nm)
         for i in range(0, rows, chunk)
     ]
     steps = max(order.shape[1] for order, _ in parts)
@@ -113,17 +112,17 @@ def _greedy_removals(
 
 
 def _greedy_chunk(
-    w_start: torch.Tensor, h: torch.Tensor, kept: torch.Tensor, nm: tuple[int, int] | None
+    target: torch.Tensor, h: torch.Tensor, kept: torch.Tensor, nm: tuple[int, int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`_greedy_removals` for a chunk of rows, each with its own H (c, d, d)."""
-    c, d = w_start.shape
-    rows = torch.arange(c, device=w_start.device)
+    c, d = target.shape
+    rows = torch.arange(c, device=target.device)
     cols, live = _compact(kept, kept)  # (c, a): each row's alive inputs first
     sub = _principal(h, cols)  # (c, a, a)
     both = live[:, :, None] & live[:, None, :]  # (c, a, a)
     sub = torch.where(both, sub, torch.diag_embed((~live).double()))  # pruned-before inputs decouple
     hinv = torch.cholesky_inverse(torch.linalg.cholesky(sub)) * both  # (c, a, a): the inverse on the alive inputs
-    w = (hinv @ (w_start[:, None, :] @ h)[:, 0].gather(1, cols)[:, :, None])[..., 0]  # (c, a): re-fit on them
+    w = (hinv @ target.gather(1, cols)[:, :, None])[..., 0]  # (c, a): the re-fit on them, [H_AA]^-1 (w* H)_A
     pruned_in_group = None if nm is None else (~kept).view(c, d // nm[1], nm[1]).sum(2)  # (c, d/M)
     orders, losses = [], []
     while True:

@@ -253,10 +253,10 @@ def _select_layers(
 def _check_layer_support(gm: fx.GraphModule, nodes: list[fx.Node], config: PruneConfig) -> None:
     """Refuse, before any work, a layer the mask method or the reconstruction cannot handle (both read its
     input columns)."""
-    needs = [("mask", config.mask)] if get_mask_method(config.mask).in_loop else []
+    method = get_mask_method(config.mask)
+    needs = [("mask", config.mask)] if method.in_loop else []
     if config.reconstruction == "lstsq" or (config.reconstruction == "snows" and config.warm_start):
         needs.append(("reconstruction", config.reconstruction))
-    method = get_mask_method(config.mask)
     for node in nodes if needs else []:
         module = gm.get_submodule(node.target)
         reason = columns_unsupported(module) or (method.unsupported and method.unsupported(module))

@@ -48,6 +48,7 @@ __all__ = [
     "sparsegpt_layer",
     "column_order",
     "layer_start",
+    "damped_hessian",
     "least_squares_start",
     "BLOCK_SIZE",
     "RELATIVE_DAMPING",
@@ -83,12 +84,8 @@ def sparsegpt_prune(
     if (prune is None) == (nm is None):
         raise ValueError("give exactly one of prune (a count) or nm (an N:M pattern)")
     rows, d = weight.shape
-    w = weight.detach().to(torch.float64).clone()  # (rows, d)
-    h = hessian.detach().to(torch.float64).clone()  # (d, d)
-    dead = h.diagonal() == 0  # inputs that are always zero carry no information
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h.diagonal().add_(relative_damping * h.diagonal().mean())
+    h, dead = damped_hessian(hessian, relative_damping)  # (d, d), (d,)
+    w = weight.detach().to(torch.float64) * ~dead  # (rows, d)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (d, d)
     kept = torch.ones(rows, d, dtype=torch.bool, device=w.device) if prior is None else prior.clone()
     for start in range(0, d, block_size):
@@ -110,6 +107,18 @@ def sparsegpt_prune(
         w[:, start:end] = block
         w[:, end:] -= errors @ hinv[start:end, end:]
     return kept, (w * kept).to(weight.dtype)
+
+
+def damped_hessian(hessian: torch.Tensor, relative_damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """H (..., d, d) in float64 with lambda = `relative_damping` x its mean diagonal added, and the dead inputs
+    (zero diagonal: always zero, they carry no information), whose diagonal is set to 1 first so H stays
+    invertible: (damped H, dead (..., d))."""
+    h = hessian.detach().to(torch.float64).clone()
+    diagonal = h.diagonal(dim1=-2, dim2=-1)  # (..., d), a view
+    dead = diagonal == 0
+    diagonal.add_(dead.double())
+    diagonal.add_(relative_damping * diagonal.mean(-1, keepdim=True))
+    return h, dead
 
 
 def _block_count(prune: int, d: int, start: int, end: int) -> int:
