@@ -73,7 +73,7 @@ def depthwise_net() -> nn.Module:
 
 def cases() -> list[tuple[str, str, dict]]:
     """(case id, model, config overrides): every mask x reconstruction at 90%, and each mask with SNOWS at 2:4
-    and in 3 stages, LAMP, and the other targets; on mlp and resnet20 (a few layers each) and the depthwise net."""
+    and in 3 stages, LAMP, the sensitivity scan and the other targets; on mlp and resnet20 (a few layers each) and the depthwise net."""
     out = []
     for model in ("mlp", "resnet20", "dwnet"):
         for mask in MASKS:
@@ -85,6 +85,8 @@ def cases() -> list[tuple[str, str, dict]]:
         out.append((f"{model}-wanda-lamp-stages3", model, {"mask": "wanda", "allocation": "lamp", "stages": 3}))
         out.append((f"{model}-obc-lamp", model, {"mask": "obc", "allocation": "lamp"}))
         out.append((f"{model}-magnitude-2:4-stages3", model, {"pattern": "2:4", "sparsity": None, "stages": 3}))
+    for mask in ("magnitude", "obc"):
+        out.append((f"dwnet-{mask}-sensitivity", "dwnet", {"mask": mask, "allocation": "sensitivity"}))
     for targets in ("pruned-input", "official"):
         out.append((f"resnet20-magnitude-{targets}", "resnet20", {"targets": targets}))
     out.append(("resnet20-sparsegpt-official", "resnet20", {"mask": "sparsegpt", "targets": "official"}))
