@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import load_npz
+from snows_core.io.data import load_npz
 from snows_core.masks import list_allocations
-from snows_core.metrics import top1
+from snows_core.measure.metrics import top1
 from snows_core.models import create_model
 
 COLUMNS = {  # table 1: name -> PruneConfig overrides (the gradual column adds the stages)

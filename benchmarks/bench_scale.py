@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_solver import layer_costs
 
 from snows_core import PruneConfig, prune_model
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.engine.device import resolve_device
+from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
+from snows_core.engine.problem import layer_problem
 from snows_core.masks import nm_mask
-from snows_core.prune import resolve_device
-from snows_core.reconstruct import layer_problem
-from snows_core.speed import measure
+from snows_core.measure.speed import measure_speed
 
 BLOCK_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -60,7 +60,7 @@ def vit(name: str, checkpoint: Path | None) -> torch.nn.Module:
 
     model = timm.create_model(name, pretrained=False)
     if checkpoint is not None:
-        from snows_core.checkpoint import load_weights
+        from snows_core.io.checkpoint import load_weights
 
         load_weights(model, checkpoint)
     return model.eval().requires_grad_(False)
@@ -114,7 +114,7 @@ def hvp_ratio(model: torch.nn.Module, calib: torch.Tensor, name: str, k: int, de
     node = next(n for n in prunable_nodes(gm) if n.target == name)
     mask = nm_mask(gm.get_submodule(name).weight.abs(), 2, 4)
     path = PrunedPath(gm, calib.to(target), len(calib))
-    problem, _ = layer_problem(gm, node, path, k, mask, len(calib))
+    problem, _ = layer_problem(gm, node, path, k=k, mask=mask, batch_size=len(calib))
     v = torch.randn(int(mask.sum()), generator=torch.Generator().manual_seed(0)).to(target)
     with sdpa_kernel([SDPBackend.MATH]):  # as the engine solves: fused attention has no second derivative
         forward, product = layer_costs(problem, v, repeats=3)
@@ -228,7 +228,7 @@ def speed(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
         layer = pruned.get_submodule(name)
         masks[name] = nm_mask(layer.weight.abs(), 2, 4)
         layer.weight.mul_(masks[name])
-    report = measure(pruned, masks, resolve_device(args.device), calibration(args.speed_batch, None)).to_dict()
+    report = measure_speed(pruned, masks, resolve_device(args.device), calibration(args.speed_batch, None)).to_dict()
     print(f"\nspeed at batch {args.speed_batch}: {report['speedup']:.3f}x on {report['device']} ({report['kernel']}): ")
     print(f"dense {report['dense_ms']:.1f} ms, 2:4 {report['pruned_ms']:.1f} ms; {report['reason']}")
     print(f"weights: {report['dense_bytes'] / 2**20:.0f} MiB dense, {report['sparse_bytes'] / 2**20:.0f} MiB sparse")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from snows_core import PruneConfig  # noqa: E402
 from snows_core.runs import RunSpec, RunStatus, RunStore  # noqa: E402
 from snows_core.runs.bundle import export_bundle, import_bundle  # noqa: E402
-from snows_core.runs.executor import reap, submit  # noqa: E402
+from snows_core.runs.executor import submit, tend_queue  # noqa: E402
 from snows_core.runs.store import FINAL  # noqa: E402
 
 ARTIFACTS = ("model.safetensors", "masks.safetensors", "report.json")
@@ -200,7 +200,7 @@ def main() -> int:
     chaos = Chaos(store, other, rng)
     while time.monotonic() - tic < args.seconds:
         time.sleep(rng.uniform(1, 3))
-        reap(store)  # a reader: fails dead runs, starts a dispatcher for queued ones
+        tend_queue(store)  # a reader: fails dead runs, starts a dispatcher for queued ones
         submitting = any(p.is_alive() for p in submitters)
         if not submitting and all(r["status"] in FINAL for r in store.list()):
             break

@@ -30,14 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import load_npz
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.engine.graph import PrunedPath, default_layers, prunable_nodes, trace
+from snows_core.engine.problem import LayerProblem, layer_problem
+from snows_core.engine.solver import exact_curvature, tangent_curvature
+from snows_core.io.data import load_npz
 from snows_core.masks import unstructured_mask
-from snows_core.metrics import top1
+from snows_core.measure.metrics import top1
 from snows_core.models import create_model
-from snows_core.prune import default_layers
-from snows_core.reconstruct import LayerProblem, layer_problem
-from snows_core.solver import exact_curvature, tangent_curvature
 
 OFFICIAL = dict(targets="official", k=3, cg_iters=20, newton_passes=2, warm_start=False)
 
@@ -87,7 +86,7 @@ def hvp_table(model: torch.nn.Module, calib: torch.Tensor, ks: list[int], repeat
         mask = unstructured_mask(gm.get_submodule(name).weight.detach().abs(), 0.9)
         v = torch.randn(int(mask.sum()), generator=torch.Generator().manual_seed(0))
         for k in ks:
-            problem, _ = layer_problem(gm, nodes[name], path, k, mask, calib.shape[0])
+            problem, _ = layer_problem(gm, nodes[name], path, k=k, mask=mask, batch_size=calib.shape[0])
             forward, double, tangent = layer_costs(problem, v, repeats)
             ratios[k].append((double / forward, tangent / forward))
             products = f"{double * 1e3:.1f} ({double / forward:.2f}) | {tangent * 1e3:.1f} ({tangent / forward:.2f})"

@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import calibration_images, load_dataset
-from snows_core.metrics import evaluate
+from snows_core.io.data import calibration_images, load_dataset
+from snows_core.measure.metrics import evaluate
 from snows_core.models import create_model, list_models, model_info
 from snows_core.models._registry import ASSETS
 

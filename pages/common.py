@@ -9,7 +9,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from snows_core.dashboard.frames import runs_frame
 from snows_core.models import list_models, model_info
 from snows_core.runs import RunStatus, RunStore, StoreError, snows_home
-from snows_core.runs.executor import reap
+from snows_core.runs.executor import tend_queue
 from snows_core.runs.store import FINAL
 
 PAGES = [
@@ -66,7 +66,7 @@ def _script_run() -> object | None:
 
 def _read_runs() -> pd.DataFrame:
     current = store()
-    reap(current)
+    tend_queue(current)
     return runs_frame(current)
 
 

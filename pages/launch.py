@@ -9,10 +9,10 @@ import streamlit as st
 from pages.common import model_label, open_run, store, zoo
 from snows_core.config import TARGETS, PruneConfig
 from snows_core.dashboard.forecast import forecast, probe
-from snows_core.data import list_datasets
+from snows_core.engine.reconstruct import list_reconstructions
+from snows_core.io.data import list_datasets
 from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
-from snows_core.reconstruct import list_reconstructions
 from snows_core.runs import RunSpec
 from snows_core.runs.door import check_runnable
 from snows_core.runs.executor import reusable_run

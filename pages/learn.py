@@ -69,7 +69,7 @@ scale = controls.slider(
     "Curvature the products see (× H)", 0.2, 1.5, 1.0, 0.05, key="learn_scale", help="1: exact Hessian products"
 )
 step = newton_cg_2d((low, high), (x0, y0), angle=angle, cg_iters=iters, curvature_scale=scale)
-plot.plotly_chart(charts.newton_cg_2d(step), key="learn_2d")
+plot.plotly_chart(charts.plot_newton_cg_2d(step), key="learn_2d")
 accepted = step.trials[step.trials["accepted"]]
 tries = f"{len(step.trials)} trial{'s' if len(step.trials) > 1 else ''}"
 outcome = (

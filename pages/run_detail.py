@@ -17,8 +17,8 @@ from snows_core.dashboard.frames import (
     steps_frame,
     trajectory_frame,
 )
+from snows_core.measure.speed_report import SpeedReport
 from snows_core.runs import RunStatus
-from snows_core.speed_report import SpeedReport
 
 st.title("Run detail")
 frame = runs()

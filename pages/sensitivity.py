@@ -12,8 +12,8 @@ from pages.common import ACTIVE, REFRESH_SECONDS, model_label, open_run, percent
 from snows_core.config import PruneConfig
 from snows_core.dashboard import charts
 from snows_core.dashboard.frames import sensitivity_frame
+from snows_core.engine.reconstruct import list_reconstructions
 from snows_core.masks import get_mask_method, list_mask_methods
-from snows_core.reconstruct import list_reconstructions
 from snows_core.runs import RunSpec
 from snows_core.runs.executor import submit
 from snows_core.runs.store import FINAL

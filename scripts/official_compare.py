@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import load_npz
 from snows_core.events import Event, LayerStarted
-from snows_core.metrics import top1
+from snows_core.io.data import load_npz
+from snows_core.measure.metrics import top1
 from snows_core.models import create_model
 
 #: The official code's settings, in PruneConfig fields.

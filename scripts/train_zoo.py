@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from snows_core.data import load_dataset
-from snows_core.metrics import top1
+from snows_core.io.data import load_dataset
+from snows_core.measure.metrics import top1
 from snows_core.models.zoo import fashion_mlp, fashion_mobilenet_v2, fashion_resnet20, fashion_vit_tiny
 
 ARCHITECTURES = {

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snows_core import catalog
 from snows_core.config import PruneConfig
 from snows_core.events import Event
+from snows_core.io import catalog
 from snows_core.runs import RunSpec, RunStore
-from snows_core.runs.executor import check_backend, list_backends, reap, submit
+from snows_core.runs.executor import check_backend, list_backends, submit, tend_queue
 from snows_core.runs.spec import RUN_KINDS
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def _prune(args: argparse.Namespace) -> int:
         f"{summary['top1_final']:.4f}  sparsity {result.sparsity:.3f}  {result.seconds:.1f}s"
     )
     if "speed" in summary:
-        from snows_core.speed_report import SpeedReport
+        from snows_core.measure.speed_report import SpeedReport
 
         speed = summary["speed"]
         if "error" in speed:
@@ -298,7 +298,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _reaped_store() -> RunStore:
     store = RunStore()
-    reap(store)
+    tend_queue(store)
     return store
 
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from snows_core import catalog
+from snows_core.io import catalog
 
 SCHEMA_VERSION = 2  # 2: newton_steps became newton_passes
 

@@ -2,19 +2,19 @@
 
 1. Copy and trace the model; pick the layers (default: every Conv2d/Linear but the first layer that
    sees the input and the final classifier).
-2. Allocate each layer's final kept count (uniform, global, lamp or sensitivity; see
-   `snows_core.allocation`), from the mask method's scores on the dense network (|W| for in-loop
-   methods) or from a sensitivity scan.
-3. For each pass s = 1..S (S = `config.stages`, 1 by default) every layer keeps
-   numel - round(pruned_final * (1 - (1 - s/S)^3)) weights, the cubic schedule of Zhu & Gupta (2017)
-   (N:M: N_s = M - round((M - N) * (1 - (1 - s/S)^3))). Scored mask methods score every layer at
-   the start of the pass, from the current (reconstructed) weights and, for Wanda, the current
-   network's inputs; in-loop methods (SparseGPT) choose just before the layer is reconstructed, on its
-   pruned-path input. Masks nest: a weight pruned in one pass stays pruned.
-4. In topological order, for each layer: read its input and its window's external inputs from the
-   pruned path and the targets from the dense network (with targets="official": the dense network
-   run from the pruned path at the input of the block holding the layer), choose the mask (in-loop methods),
-   reconstruct from the starting point, write the weight, and advance the pruned path past it.
+2. For each pass s = 1..S (S = `config.stages`, 1 by default) build every layer's `LayerProblem`
+   (`snows_core.engine.problem`); a scored mask method scores them now, from the current (reconstructed)
+   weights and, for Wanda, the current network's inputs.
+3. Before the first pass, allocate each layer's final kept count (uniform, global, lamp or sensitivity;
+   see `snows_core.masks.allocation`) from those scores (|W| for in-loop methods) or from a sensitivity scan.
+   In pass s every layer keeps numel - round(pruned_final * (1 - (1 - s/S)^3)) weights, the cubic schedule
+   of Zhu & Gupta (2017) (N:M: N_s = M - round((M - N) * (1 - (1 - s/S)^3))). Masks nest: a weight pruned
+   in one pass stays pruned.
+4. In topological order, for each layer: load its problem (its input and its window's external inputs
+   from the pruned path, the targets from the dense network; with targets="official": the dense network
+   run from the pruned path at the input of the block holding the layer), choose the mask (in-loop methods
+   choose now, on the pruned-path input), reconstruct from the starting point, write the weight, advance
+   the pruned path past it and report.
 
 With one pass and a scored mask this is exactly the one-shot SNOWS loop.
 """
@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from snows_core.allocation import AllocationInputs, SensitivityScan, get_allocation, sensitivity_counts
-from snows_core.columns import columns_unsupported, input_grams
 from snows_core.config import PruneConfig
+from snows_core.engine.columns import columns_unsupported
+from snows_core.engine.device import resolve_device
+from snows_core.engine.graph import PrunedPath, default_layers, prunable_nodes, trace
+from snows_core.engine.problem import LayerProblem, load_inputs
+from snows_core.engine.reconstruct import get_reconstruction
+from snows_core.engine.window import OFFICIAL_KINDS, Window, block_inputs, build_window
 from snows_core.events import (
     Allocated,
     EventSink,
@@ -42,31 +46,12 @@ from snows_core.events import (
     RunDone,
     RunStarted,
 )
-from snows_core.lookahead import (
-    OFFICIAL_KINDS,
-    PrunedPath,
-    Window,
-    block_inputs,
-    build_window,
-    prunable_nodes,
-    trace,
-)
-from snows_core.masks import (
-    LayerInputs,
-    MaskChoice,
-    MaskMethod,
-    ScoreInputs,
-    get_mask_method,
-    holds_nm,
-    input_column_sq_norms,
-    nm_mask,
-    nm_skip_reason,
-    top_count_mask,
-)
-from snows_core.memory import PeakMemory
-from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem
+from snows_core.masks import MaskChoice, MaskMethod, get_mask_method, holds_nm, input_column_sq_norms
+from snows_core.masks.allocation import AllocationInputs, SensitivityScan, get_allocation, sensitivity_counts
+from snows_core.masks.select import keep_mask, nm_skip_reason
+from snows_core.measure.memory import PeakMemory
 from snows_core.report import LayerReport, PruneResult
-from snows_core.sensitivity import ChooseMask, TestSubset, sensitivity_grid, sensitivity_scan
+from snows_core.scan import ChooseMask, TestSubset, sensitivity_grid, sensitivity_scan
 
 __all__ = ["prune_model", "sensitivity_analysis", "resolve_device", "default_layers"]
 
@@ -91,33 +76,58 @@ def prune_model(
         PruneResult with the pruned copy, the masks and one LayerReport per pruned layer (the last
         pass), every pass's reports and the allocation.
     """
-    emit = on_event or (lambda event: None)
+    emit = on_event or _ignore
     tic = time.perf_counter()
-    _check_calibration(calib_images, config)
-    device = resolve_device(config.device)
-    pruned = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    gm = trace(pruned)
-    nodes, skipped = _select_layers(gm, config, custom_masks)
-    calib = calib_images[: config.n_calib].to(device, torch.float32)
-    path = PrunedPath(gm, calib, config.batch_size)
-    dense_path = (
-        PrunedPath(trace(copy.deepcopy(pruned)), calib, config.batch_size) if config.targets != "pruned-input" else None
-    )
-    loop = _Loop(gm, nodes, path, dense_path, config, get_mask_method(config.mask), emit, custom_masks)
-    emit(RunStarted([n.target for n in nodes], str(device), config.stages))
-    for report in skipped:
+    net = _Network.set_up(model, calib_images, config, custom_masks)
+    emit(RunStarted([n.target for n in net.nodes], str(net.device), config.stages))
+    for report in net.skipped:
         emit(LayerSkipped(report.name, report.skipped))
-    scores = None if loop.method.in_loop else _scores(loop)
-    counts, allocation = _allocate(loop, scores)
-    emit(Allocated(config.allocation, allocation["sparsities"], allocation["scan"]))
-    passes = []
+    masks: dict[str, torch.Tensor] = {}
+    reports: list[LayerReport] = []
     for stage in range(1, config.stages + 1):
-        planned = _planned_masks(loop, counts, stage, scores if stage == 1 else None)
-        passes += [_prune_layer(loop, node, planned.get(node.target), counts, stage, i) for i, node in enumerate(nodes)]
-    pruned = pruned.to(_device_of(model))
-    masks = {name: mask.cpu() for name, mask in loop.masks.items()}
-    seconds = time.perf_counter() - tic
-    result = PruneResult(pruned, masks, passes[-len(nodes) :], config, seconds, skipped, passes, allocation)
+        problems, scores = net.problems(stage, masks)
+        if stage == 1:
+            counts, allocation = _allocate(net, scores, emit)
+            emit(Allocated(config.allocation, allocation["sparsities"], allocation["scan"]))
+        for index, (node, problem) in enumerate(zip(net.nodes, problems, strict=True)):
+            _set_target(problem, counts[node.target], config)
+            tic_layer = time.perf_counter()
+            with PeakMemory(problem.module.weight.device) as memory:
+                window = net.load(node, problem)
+                problem = _choose_mask(net, problem, scores.get(node.target))
+                ops = [f"{op}:{kind}" for op, kind in window.ops]
+                emit(LayerStarted(node.target, index, len(net.nodes), ops, problem.mask_loss, stage))
+                solution = get_reconstruction(config.reconstruction)(problem, config, _staged(emit, stage))
+                problem.module.weight.copy_(solution.weight * problem.mask)
+            masks[node.target] = problem.mask
+            net.advance(node)
+            report = LayerReport(
+                node.target,
+                problem.mask_loss,
+                solution.loss,
+                solution.newton_steps,
+                solution.cg_iters,
+                seconds=time.perf_counter() - tic_layer,
+                peak_mem=memory.peak,
+                kept=int(problem.mask.sum()),
+                numel=problem.mask.numel(),
+                window=ops,
+                loss_warm=solution.loss_warm,
+                stage=stage,
+            )
+            emit(LayerDone(node.target, index, len(net.nodes), report.to_dict(), stage))
+            reports.append(report)
+            problem.free()
+    result = PruneResult(
+        net.model.to(_device_of(model)),
+        {name: mask.cpu() for name, mask in masks.items()},
+        reports[-len(net.nodes) :],
+        config,
+        seconds=time.perf_counter() - tic,
+        skipped=net.skipped,
+        passes=reports,
+        allocation=allocation,
+    )
     emit(RunDone(result.seconds, result.sparsity))
     return result
 
@@ -131,79 +141,127 @@ def sensitivity_analysis(
     on_event: EventSink | None = None,
 ) -> dict[str, float]:
     """Each layer `prune_model` would prune, pruned alone at each sparsity of the scan grid (the rest dense)
-    with `config`'s mask method and reconstruction, and measured (see `snows_core.sensitivity`).
+    with `config`'s mask method and reconstruction, and measured (see `snows_core.scan`).
 
     Emits RunStarted, then one LayerSensitivity per layer. Returns the per-layer sparsities the
     `sensitivity` allocation chooses from this scan at `config.sparsity` (what a run with
     allocation="sensitivity" and the same config allocates). `model` is never modified.
     """
-    emit = on_event or (lambda event: None)
-    _check_calibration(calib_images, config)
+    emit = on_event or _ignore
     if config.nm or get_mask_method(config.mask).user_supplied:
         raise ValueError("a sensitivity analysis scans unstructured sparsities of a scored or in-loop mask method")
-    device = resolve_device(config.device)
-    dense = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    gm = trace(dense)
-    nodes, skipped = _select_layers(gm, config, None)
-    path = PrunedPath(gm, calib_images[: config.n_calib].to(device, torch.float32), config.batch_size)
-    loop = _Loop(gm, nodes, path, None, config, get_mask_method(config.mask), emit, None)
-    emit(RunStarted([n.target for n in nodes], str(device), 1))
-    for report in skipped:
+    net = _Network.set_up(model, calib_images, config, None, dense_targets=False)
+    emit(RunStarted([n.target for n in net.nodes], str(net.device), 1))
+    for report in net.skipped:
         emit(LayerSkipped(report.name, report.skipped))
-    scores = {} if loop.method.in_loop else _scores(loop)  # an in-loop method chooses without scores
-    test = TestSubset(test_images.to(device, torch.float32), test_labels.to(device), config.batch_size)
-    scan = sensitivity_grid(gm, nodes, path, config, _scan_choice(loop, scores), test, emit)
+    _, scores = net.problems(1, {})
+    test = TestSubset(test_images.to(net.device, torch.float32), test_labels.to(net.device), config.batch_size)
+    choose = _scan_choice(net.method, scores)
+    scan = sensitivity_grid(net.gm, net.nodes, net.path, config, choose, test=test, emit=emit)
     counts = sensitivity_counts(scan, config.sparsity, config.layer_sparsity_cap)
     return {name: 1.0 - counts[name] / scan.numel[name] for name in scan.numel}
 
 
-@dataclass
-class _Loop:
-    """What every step of the layer loop reads, and the masks chosen so far (the latest pass's)."""
+@dataclass(frozen=True)
+class _Network:
+    """The traced copy being pruned, its layers and activation caches: set up once per run, read by every pass."""
 
+    model: nn.Module
     gm: fx.GraphModule
     nodes: list[fx.Node]
-    path: PrunedPath
-    dense_path: PrunedPath | None
+    skipped: list[LayerReport]
+    path: PrunedPath  # the network as it is being pruned
+    dense_path: PrunedPath | None  # the dense network's own values (None: targets from the pruned path)
+    device: torch.device
     config: PruneConfig
     method: MaskMethod
-    emit: EventSink
     custom_masks: dict[str, torch.Tensor] | None
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    generator: torch.Generator
+    dense_weights: dict[str, torch.Tensor]  # kept aside when later passes overwrite the weights
 
-    def __post_init__(self) -> None:
-        staged = self.config.stages > 1  # later passes overwrite the weights: keep the dense ones aside
-        self.dense_weights = {n.target: self.module(n).weight.detach().clone() for n in self.nodes if staged}
-        self.generator = torch.Generator().manual_seed(self.config.seed)
+    @classmethod
+    def set_up(
+        cls,
+        model: nn.Module,
+        calib_images: torch.Tensor,
+        config: PruneConfig,
+        custom_masks: dict[str, torch.Tensor] | None,
+        *,
+        dense_targets: bool = True,
+    ) -> _Network:
+        """Copy and trace `model`, select its layers and open the pruned (and dense) paths on the calibration
+        images; `dense_targets=False` never opens the dense network's path (the scan reads the pruned one)."""
+        _check_calibration(calib_images, config)
+        device = resolve_device(config.device)
+        pruned = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+        gm = trace(pruned)
+        nodes, skipped = _select_layers(gm, config, custom_masks)
+        calib = calib_images[: config.n_calib].to(device, torch.float32)
+        dense = dense_targets and config.targets != "pruned-input"
+        staged = config.stages > 1
+        return cls(
+            model=pruned,
+            gm=gm,
+            nodes=nodes,
+            skipped=skipped,
+            path=PrunedPath(gm, calib, config.batch_size),
+            dense_path=PrunedPath(trace(copy.deepcopy(pruned)), calib, config.batch_size) if dense else None,
+            device=device,
+            config=config,
+            method=get_mask_method(config.mask),
+            custom_masks=custom_masks,
+            generator=torch.Generator().manual_seed(config.seed),
+            dense_weights={n.target: gm.get_submodule(n.target).weight.detach().clone() for n in nodes if staged},
+        )
 
-    def module(self, node: fx.Node) -> nn.Module:
-        return self.gm.get_submodule(node.target)
+    def problems(
+        self, stage: int, masks: dict[str, torch.Tensor]
+    ) -> tuple[list[LayerProblem], dict[str, torch.Tensor]]:
+        """Every layer's problem for pass `stage` (`masks`: the previous pass's), and a scored method's scores
+        of them, taken now: from the current weights and the network's inputs as the pass starts."""
+        problems = [self._problem(node, stage, masks.get(node.target)) for node in self.nodes]
+        if self.method.in_loop:
+            return problems, {}
+        return problems, {p.name: self.method.score(p) for p in problems}
 
-    def dense_weight(self, node: fx.Node) -> torch.Tensor:
-        """The layer's dense weight (its current one until the layer is first pruned)."""
-        kept = self.dense_weights.get(node.target)
-        return kept if kept is not None else self.module(node).weight.detach().clone()
+    def _problem(self, node: fx.Node, stage: int, prior: torch.Tensor | None) -> LayerProblem:
+        module = self.gm.get_submodule(node.target)
+        dense = self.dense_weights.get(node.target)
+        problem = LayerProblem(
+            node.target,
+            module,
+            dense if dense is not None else module.weight.detach().clone(),
+            stage=stage,
+            batch_size=self.config.batch_size,
+            prior=prior,
+            generator=self.generator,
+        )
+        if self.method.needs_activations and not self.method.in_loop:
+            problem.column_sq_norms = input_column_sq_norms(module, self.path.value(node.args[0]))
+        if self.method.user_supplied:
+            problem.custom = _checked_custom(node.target, module.weight, self.custom_masks)
+        return problem
 
-    def dense_input(self, node: fx.Node) -> torch.Tensor:
-        """The layer's input in the dense network (the pruned path's when targets are "pruned-input")."""
-        if self.dense_path is None:
-            return self.path.value(node.args[0])
-        return self.dense_path.value(self.dense_path.node(node.args[0].name))
+    def load(self, node: fx.Node, problem: LayerProblem) -> Window:
+        """Load the layer's inputs and reference taps into its problem; returns its window."""
+        config, tap_path = self.config, None
+        kinds = OFFICIAL_KINDS if config.targets == "official" else None
+        window = build_window(self.gm, node, config.k, kinds)
+        if config.targets == "official":
+            seeds = {b.name: self.path.value(b) for b in block_inputs(self.gm, node)}
+            tap_path = self.dense_path.seeded(seeds)
+        load_inputs(problem, self.gm, node, self.path, window=window, dense_path=self.dense_path, tap_path=tap_path)
+        return window
+
+    def advance(self, node: fx.Node) -> None:
+        """The layer's weight changed: recompute the pruned path past it, and forget what no later layer reads."""
+        self.path.invalidate(node)
+        for path in (self.path, self.dense_path) if self.dense_path is not None else (self.path,):
+            path.release_before(path.node(node.name))
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for a config's `device`: "auto" is CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def default_layers(gm: fx.GraphModule) -> list[str]:
-    """Every Conv2d/Linear except the first one (it sees the input) and the last (the classifier)."""
-    names = [n.target for n in prunable_nodes(gm)]
-    return list(dict.fromkeys(names[1:-1]))
+def _ignore(event: object) -> None:
+    return None
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -290,37 +348,25 @@ def _skip_reason(n_calls: int, weight: torch.Tensor, config: PruneConfig) -> str
     return nm_skip_reason(weight.shape, nm[1]) if nm else None
 
 
-def _scores(loop: _Loop) -> dict[str, torch.Tensor]:
-    """The mask method's score of every weight, from the current weights (and the current network's inputs)."""
-    scores = {}
-    for node in loop.nodes:
-        module = loop.module(node)
-        norms = input_column_sq_norms(module, loop.path.value(node.args[0])) if loop.method.needs_activations else None
-        custom = _checked_custom(node.target, module.weight, loop.custom_masks) if loop.method.user_supplied else None
-        scores[node.target] = loop.method.score(ScoreInputs(node.target, module.weight, norms, loop.generator, custom))
-    return scores
-
-
-def _allocate(loop: _Loop, scores: dict[str, torch.Tensor] | None) -> tuple[dict[str, int], dict]:
+def _allocate(net: _Network, scores: dict[str, torch.Tensor], emit: EventSink) -> tuple[dict[str, int], dict]:
     """Each layer's final kept count, and the record of it (final sparsities, the scan if one ran)."""
-    config, numel = loop.config, {n.target: loop.module(n).weight.numel() for n in loop.nodes}
+    config = net.config
+    numel = {n.target: net.gm.get_submodule(n.target).weight.numel() for n in net.nodes}
     scans = []
-    if loop.method.user_supplied:
+    if net.method.user_supplied:
         counts = {name: int(_check_pattern(name, score.bool(), config).sum()) for name, score in scores.items()}
     elif config.nm:
         counts = {name: size * config.nm[0] // config.nm[1] for name, size in numel.items()}
     else:
-        allocation = get_allocation(config.allocation)
-        scores = scores or {n.target: loop.module(n).weight.detach().abs() for n in loop.nodes}
+        scores = scores or {n.target: net.gm.get_submodule(n.target).weight.detach().abs() for n in net.nodes}
 
         def scan() -> SensitivityScan:
-            scans.append(
-                sensitivity_scan(loop.gm, loop.nodes, loop.path, config, _scan_choice(loop, scores), loop.emit)
-            )
+            choose = _scan_choice(net.method, scores)
+            scans.append(sensitivity_scan(net.gm, net.nodes, net.path, config, choose, emit))
             return scans[-1]
 
         inputs = AllocationInputs(scores, config.sparsity, config.layer_sparsity_cap, scan)
-        counts = allocation.counts(inputs)
+        counts = get_allocation(config.allocation).counts(inputs)
     sparsities = {name: 1.0 - counts[name] / numel[name] for name in numel}
     return counts, {
         "allocation": config.allocation,
@@ -329,27 +375,11 @@ def _allocate(loop: _Loop, scores: dict[str, torch.Tensor] | None) -> tuple[dict
     }
 
 
-def _scan_choice(loop: _Loop, scores: dict[str, torch.Tensor]) -> ChooseMask:
-    """How the sensitivity scan chooses a layer's mask: the method's own choice, on the dense network."""
-
-    def choose(node: fx.Node, keep: int, dense: LayerProblem) -> MaskChoice:
-        if not loop.method.in_loop:
-            return MaskChoice(top_count_mask(scores[node.target], keep))
-        inputs = LayerInputs(
-            node.target,
-            dense.module,
-            dense.dense_weight,
-            dense.x,
-            dense.x,
-            keep,
-            None,
-            None,
-            dense.batch_size,
-            dense.grams,
-        )
-        return loop.method.choose(inputs)
-
-    return choose
+def _scan_choice(method: MaskMethod, scores: dict[str, torch.Tensor]) -> ChooseMask:
+    """How the sensitivity scan chooses a layer's mask on its dense problem: the method's own choice."""
+    if method.in_loop:
+        return method.choose
+    return lambda problem: MaskChoice(keep_mask(scores[problem.name], problem.keep))
 
 
 def _schedule(stage: int, stages: int) -> float:
@@ -357,35 +387,30 @@ def _schedule(stage: int, stages: int) -> float:
     return 1.0 - (1.0 - stage / stages) ** 3
 
 
-def _stage_keep(numel: int, final_keep: int, stage: int, stages: int) -> int:
-    return numel - round((numel - final_keep) * _schedule(stage, stages))
+def _set_target(problem: LayerProblem, final_keep: int, config: PruneConfig) -> None:
+    """This pass's target: the kept count on the cubic schedule to `final_keep` (N:M: N on the same schedule)."""
+    fraction = _schedule(problem.stage, config.stages)
+    numel = problem.dense_weight.numel()
+    problem.keep = numel - round((numel - final_keep) * fraction)
+    if config.nm:
+        n, m = config.nm
+        problem.nm = m - round((m - n) * fraction), m
 
 
-def _stage_nm(nm: tuple[int, int], stage: int, stages: int) -> tuple[int, int]:
-    n, m = nm
-    return m - round((m - n) * _schedule(stage, stages)), m
-
-
-def _planned_masks(
-    loop: _Loop, counts: dict[str, int], stage: int, scores: dict[str, torch.Tensor] | None
-) -> dict[str, torch.Tensor]:
-    """A scored method's masks for pass `stage` (nested in the previous pass's); none for in-loop methods."""
-    config = loop.config
-    if loop.method.in_loop:
-        return {}
-    scores = scores if scores is not None else _scores(loop)
-    if loop.method.user_supplied:
-        return {name: score.bool() for name, score in scores.items()}
-    masks = {}
-    for name, score in scores.items():
-        prior = loop.masks.get(name)
-        if prior is not None:
-            score = score.masked_fill(~prior, float("-inf"))  # pruned stays pruned
-        if config.nm:
-            masks[name] = nm_mask(score, *_stage_nm(config.nm, stage, config.stages))
-        else:
-            masks[name] = top_count_mask(score, _stage_keep(score.numel(), counts[name], stage, config.stages))
-    return masks
+def _choose_mask(net: _Network, problem: LayerProblem, scores: torch.Tensor | None) -> LayerProblem:
+    """Set the problem's mask and start: a scored method's selection from its scores, the user's mask, or an
+    in-loop method's choice (in a later pass, from whichever of its weights and the current ones is better)."""
+    current = problem.weight.clone()
+    if net.method.in_loop:
+        choice = net.method.choose(problem)
+    elif net.method.user_supplied:
+        choice = MaskChoice(scores.bool())
+    else:
+        choice = MaskChoice(keep_mask(scores, problem.keep, problem.nm, problem.prior))
+    problem.set_mask(choice.mask, current if choice.weight is None else choice.weight)
+    if choice.weight is not None and problem.stage > 1:  # the previous pass's weights may be the better start
+        return min(problem, problem.with_mask(choice.mask, current), key=lambda p: p.start_loss)
+    return problem
 
 
 def _checked_custom(name: str, weight: torch.Tensor, custom_masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -400,95 +425,6 @@ def _check_pattern(name: str, mask: torch.Tensor, config: PruneConfig) -> torch.
         n, m = config.nm
         raise ValueError(f"custom mask for {name} keeps more than {n} of some group of {m}: not {config.pattern}")
     return mask
-
-
-def _prune_layer(
-    loop: _Loop, node: fx.Node, planned: torch.Tensor | None, counts: dict[str, int], stage: int, index: int
-) -> LayerReport:
-    config, name, n_layers = loop.config, node.target, len(loop.nodes)
-    emit = _staged(loop.emit, stage)
-    tic = time.perf_counter()
-    module = loop.module(node)
-    with PeakMemory(module.weight.device) as memory:
-        problem, window = _layer_problem(loop, node, planned, counts[name], stage)
-        ops = [f"{op}:{kind}" for op, kind in window.ops]
-        emit(LayerStarted(name, index, n_layers, ops, problem.mask_loss, stage))
-        solution = get_reconstruction(config.reconstruction)(problem, config, emit)
-        module.weight.copy_(solution.weight * problem.mask)
-    loop.masks[name] = problem.mask
-    loop.path.invalidate(node)
-    for p in (loop.path, loop.dense_path) if loop.dense_path is not None else (loop.path,):
-        p.release_before(p.node(node.name))
-    report = LayerReport(
-        name,
-        problem.mask_loss,
-        solution.loss,
-        solution.newton_steps,
-        solution.cg_iters,
-        time.perf_counter() - tic,
-        memory.peak,
-        int(problem.mask.sum()),
-        problem.mask.numel(),
-        ops,
-        solution.loss_warm,
-        stage=stage,
-    )
-    emit(LayerDone(name, index, n_layers, report.to_dict(), stage))
-    return report
-
-
-def _layer_problem(
-    loop: _Loop, node: fx.Node, planned: torch.Tensor | None, final_keep: int, stage: int
-) -> tuple[LayerProblem, Window]:
-    """The layer's objective under this pass's mask, starting from the method's weights or the current ones."""
-    config = loop.config
-    current = loop.module(node).weight.detach().clone()
-    choice, grams = (MaskChoice(planned), None) if planned is not None else _choose(loop, node, final_keep, stage)
-    start = current if choice.weight is None else choice.weight
-    window, tap_path = None, None
-    if config.targets == "official":
-        window = build_window(loop.gm, node, config.k, OFFICIAL_KINDS)
-        tap_path = loop.dense_path.seeded({b.name: loop.path.value(b) for b in block_inputs(loop.gm, node)})
-    problem, window = layer_problem(
-        loop.gm,
-        node,
-        loop.path,
-        config.k,
-        choice.mask,
-        config.batch_size,
-        loop.dense_path,
-        loop.dense_weight(node),
-        start,
-        grams,
-        window,
-        tap_path,
-    )
-    if choice.weight is not None and stage > 1:  # the previous pass's weights may be the better start
-        problem = min(problem, problem.with_mask(choice.mask, current), key=lambda p: p.start_loss)
-    return problem, window
-
-
-def _choose(
-    loop: _Loop, node: fx.Node, final_keep: int, stage: int
-) -> tuple[MaskChoice, tuple[torch.Tensor, torch.Tensor, int]]:
-    """An in-loop method's choice for this layer and pass, on the pruned path's input (and its Gram matrices)."""
-    config, module = loop.config, loop.module(node)
-    x, x_reference = loop.path.value(node.args[0]), loop.dense_input(node)
-    grams = input_grams(module, x, x_reference, loop.dense_weight(node), config.batch_size)
-    inputs = LayerInputs(
-        node.target,
-        module,
-        loop.dense_weight(node),
-        x,
-        x_reference,
-        _stage_keep(module.weight.numel(), final_keep, stage, config.stages),
-        _stage_nm(config.nm, stage, config.stages) if config.nm else None,
-        loop.masks.get(node.target),
-        config.batch_size,
-        grams,
-        module.weight.detach().clone() if stage > 1 else None,
-    )
-    return loop.method.choose(inputs), grams
 
 
 def _staged(emit: EventSink, stage: int) -> EventSink:

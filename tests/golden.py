@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import calibration_images, load_dataset
+from snows_core.io.data import calibration_images, load_dataset
 from snows_core.models import create_model
 
 GOLDEN = Path(__file__).with_name("golden.json")
@@ -73,7 +73,8 @@ def depthwise_net() -> nn.Module:
 
 def cases() -> list[tuple[str, str, dict]]:
     """(case id, model, config overrides): every mask x reconstruction at 90%, and each mask with SNOWS at 2:4
-    and in 3 stages, LAMP, the sensitivity scan and the other targets; on mlp and resnet20 (a few layers each) and the depthwise net."""
+    and in 3 stages, LAMP, the sensitivity scan and the other targets; on mlp and resnet20 (a few layers each)
+    and the depthwise net."""
     out = []
     for model in ("mlp", "resnet20", "dwnet"):
         for mask in MASKS:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from snows_core.allocation import (
+from snows_core.masks import list_allocations
+from snows_core.masks.allocation import (
     AllocationInputs,
     SensitivityScan,
     get_allocation,
@@ -11,7 +12,6 @@ from snows_core.allocation import (
     lamp_scores,
     sensitivity_counts,
 )
-from snows_core.masks import list_allocations
 
 
 def test_allocations_are_listed_simplest_first():

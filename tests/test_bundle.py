@@ -13,8 +13,8 @@ import pytest
 from safetensors.torch import load_file
 
 from snows_core import PruneConfig
-from snows_core.data import load_dataset
-from snows_core.metrics import evaluate
+from snows_core.io.data import load_dataset
+from snows_core.measure.metrics import evaluate
 from snows_core.models import create_model
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.bundle import export_bundle, export_zip, import_bundle, import_zip

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from snows_core import PruneConfig, catalog
-from snows_core.catalog import Footprint
-from snows_core.checkpoint import _pickled_shapes, check_shapes, state_shapes
-from snows_core.datafiles import idx_count, npz_split_shape, read_idx, split_size
-from snows_core.masks import _MASK_METHODS, MaskMethod
+from snows_core.io.catalog import Footprint
+from snows_core.io.checkpoint import _pickled_shapes, check_shapes, state_shapes
+from snows_core.io.datafiles import idx_count, npz_split_shape, read_idx, split_size
+from snows_core.masks.method import _MASK_METHODS, MaskMethod
 from snows_core.models import create_model
 from snows_core.runs.door import MemoryFit, device_type, peak_bytes
 

@@ -78,11 +78,11 @@ def test_frozen():
 
 
 def test_every_registry_refuses_an_unknown_name_with_the_field_and_the_known_names():
-    from snows_core.allocation import get_allocation
-    from snows_core.data import dataset_info
+    from snows_core.engine.reconstruct import get_reconstruction
+    from snows_core.io.data import dataset_info
     from snows_core.masks import get_mask_method
+    from snows_core.masks.allocation import get_allocation
     from snows_core.models import model_info
-    from snows_core.reconstruct import get_reconstruction
 
     for lookup, field in (
         (model_info, "model"),

@@ -14,16 +14,16 @@ import torch
 import torch.nn as nn
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import load_dataset, load_npz, stack_images
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
+from snows_core.engine.problem import layer_problem
+from snows_core.engine.solver import exact_curvature
+from snows_core.io.data import load_dataset, load_npz, stack_images
 from snows_core.masks import unstructured_mask
-from snows_core.memory import PeakMemory
-from snows_core.metrics import top1
+from snows_core.measure.memory import PeakMemory
+from snows_core.measure.metrics import top1
 from snows_core.models import create_model
-from snows_core.reconstruct import layer_problem
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.executor import submit
-from snows_core.solver import exact_curvature
 
 pytestmark = pytest.mark.cuda
 
@@ -71,7 +71,7 @@ def test_the_exact_hvp_on_cuda_equals_the_cpu_one_in_float64():
         gm = trace(model.to(device).requires_grad_(False))
         node = prunable_nodes(gm)[1]
         mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.5)
-        problem, _ = layer_problem(gm, node, PrunedPath(gm, x.to(device), 10), 2, mask, 10)
+        problem, _ = layer_problem(gm, node, PrunedPath(gm, x.to(device), 10), k=2, mask=mask, batch_size=10)
         free = problem.dense_weight[mask] + 0.1
         batch = slice(0, problem.n)
         curvature = exact_curvature(lambda w: problem.taps(problem.weight_of(w), batch), problem.reference, free)  # noqa: B023

@@ -109,7 +109,7 @@ def test_understated_curvature_overshoots_and_the_line_search_backtracks():
         alphas[0] == 1.0 and alphas[1] == pytest.approx(0.9) and list(step.trials["accepted"]) == [False] * 7 + [True]
     )
     assert alphas[-1] == pytest.approx(0.9**7)  # f(w0 + a d) = (1 - 4a)^2 f0 falls below f0 once a < 1/2
-    figure = charts.newton_cg_2d(step)
+    figure = charts.plot_newton_cg_2d(step)
     assert [t.name for t in figure.data][1:] == [
         "gradient step", "CG iterates", "Armijo trials", "Newton point (the minimum)", "start"
     ]  # fmt: skip

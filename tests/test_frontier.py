@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from test_zoo import ZOO, needs_fashion
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import calibration_images, load_dataset
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
-from snows_core.masks import LayerInputs, unstructured_mask
-from snows_core.reconstruct import Solution, get_reconstruction, layer_problem
-from snows_core.sparsegpt import sparsegpt_layer
+from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
+from snows_core.engine.problem import LayerProblem, layer_problem
+from snows_core.engine.reconstruct import Solution, get_reconstruction
+from snows_core.io.data import calibration_images, load_dataset
+from snows_core.masks import unstructured_mask
+from snows_core.masks.sparsegpt import sparsegpt_layer
 
 
 def calib(n: int = 16, seed: int = 0) -> torch.Tensor:
@@ -81,7 +82,7 @@ def test_one_stage_is_the_one_shot_loop_bit_for_bit(tiny_resnet):
     for node in [n for n in prunable_nodes(gm) if n.target in ("c1", "c2")]:
         module = gm.get_submodule(node.target)
         mask = unstructured_mask(module.weight.abs(), 0.7)
-        problem, _ = layer_problem(gm, node, path, 2, mask, 8, dense_path)
+        problem, _ = layer_problem(gm, node, path, k=2, mask=mask, batch_size=8, dense_path=dense_path)
         module.weight.copy_(get_reconstruction("snows")(problem, cfg, lambda e: None).weight * mask)
         path.invalidate(node)
     for name in ("c1", "c2"):
@@ -93,7 +94,8 @@ def test_sparsegpt_with_no_update_is_sparsegpt_itself(tiny_resnet):
         tiny_resnet, calib(), PruneConfig(sparsity=0.6, mask="sparsegpt", reconstruction="none", n_calib=16)
     )
     x = F.relu(tiny_resnet.stem(calib())).detach()  # c1's input: nothing before it is pruned, so both paths agree
-    mask, weight = sparsegpt_layer(LayerInputs("c1", tiny_resnet.c1, tiny_resnet.c1.weight.detach(), x, x, 230))
+    c1 = LayerProblem("c1", tiny_resnet.c1, tiny_resnet.c1.weight.detach(), keep=230, x=x, x_reference=x)
+    mask, weight = sparsegpt_layer(c1)
     torch.testing.assert_close(result.model.c1.weight, weight)
     assert torch.equal(result.masks["c1"], mask)
     assert result.sparsity == pytest.approx(1 - 460 / 1152)
@@ -101,7 +103,7 @@ def test_sparsegpt_with_no_update_is_sparsegpt_itself(tiny_resnet):
 
 @pytest.mark.parametrize("method", ["obc", "sparsegpt"])
 def test_a_later_pass_starts_the_in_loop_method_from_the_reconstructed_weights(tiny_resnet, monkeypatch, method):
-    from snows_core import obc, sparsegpt
+    from snows_core.masks import obc, sparsegpt
 
     module = {"obc": obc, "sparsegpt": sparsegpt}[method]
     run = getattr(module, f"{method}_prune")

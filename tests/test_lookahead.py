@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snows_core.lookahead import PrunedPath, build_window, prunable_nodes, register_leaf_module, trace
+from snows_core.engine.graph import PrunedPath, prunable_nodes, register_leaf_module, trace
+from snows_core.engine.window import build_window
 from snows_core.models import create_model
 
 

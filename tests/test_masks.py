@@ -5,15 +5,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snows_core.engine.problem import LayerProblem
 from snows_core.masks import (
-    ScoreInputs,
     get_mask_method,
-    global_masks,
     input_column_sq_norms,
     nm_mask,
     nm_skip_reason,
+    top_count_mask,
     unstructured_mask,
 )
+from snows_core.masks.allocation import global_counts
+
+
+def global_masks(scores: dict, sparsity: float, cap: float) -> dict:
+    """One ranking over all layers (the global allocation), then each layer's top count."""
+    counts = global_counts(scores, sparsity, cap)
+    return {name: top_count_mask(scores[name], counts[name]) for name in scores}
+
+
+def problem_of(weight: torch.Tensor, **fields) -> LayerProblem:
+    """A layer problem for a Linear holding `weight`, with the scorer's other fields."""
+    layer = nn.Linear(*reversed(weight.shape), bias=False) if weight.dim() == 2 else nn.Linear(weight.numel(), 1)
+    layer.weight.data = weight.clone()
+    return LayerProblem("fc", layer, weight.clone(), **fields)
 
 
 def test_unstructured_keeps_largest_scores():
@@ -70,7 +84,7 @@ def test_global_keeps_exact_budget_with_ties():
 def test_wanda_and_magnitude_differ_when_inputs_differ():
     weight = torch.tensor([[1.0, 2.0]])
     column_sq_norms = torch.tensor([[9.0, 1.0]])  # input 0 is 3x louder than input 1
-    inputs = ScoreInputs("fc", weight, column_sq_norms)
+    inputs = problem_of(weight, column_sq_norms=column_sq_norms)
     magnitude = unstructured_mask(get_mask_method("magnitude").score(inputs), 0.5)
     wanda = unstructured_mask(get_mask_method("wanda").score(inputs), 0.5)
     assert torch.equal(magnitude, torch.tensor([[False, True]]))
@@ -95,7 +109,7 @@ def test_linear_column_norms():
 
 
 def test_random_mask_is_seeded():
-    inputs = lambda seed: ScoreInputs("w", torch.ones(50), generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    inputs = lambda seed: problem_of(torch.ones(50), generator=torch.Generator().manual_seed(seed))  # noqa: E731
     score = get_mask_method("random").score
     assert torch.equal(score(inputs(1)), score(inputs(1)))
     assert not torch.equal(score(inputs(1)), score(inputs(2)))

@@ -6,11 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from snows_core.data import load_npz
-from snows_core.lookahead import trace
-from snows_core.metrics import top1
+from snows_core.engine.graph import default_layers, trace
+from snows_core.io.data import load_npz
+from snows_core.measure.metrics import top1
 from snows_core.models import create_model, list_models, read_state_dict
-from snows_core.prune import default_layers
 
 
 @pytest.mark.parametrize("name,convs", [("resnet20_cifar10", 19), ("resnet32_cifar10", 31), ("resnet56_cifar10", 55)])

@@ -6,8 +6,9 @@ import torch.nn as nn
 from test_sparsegpt import problem
 
 from snows_core import PruneConfig, prune_model
-from snows_core.masks import LayerInputs, get_mask_method, holds_nm
-from snows_core.obc import MAX_COLUMNS, obc_layer, obc_prune
+from snows_core.engine.problem import LayerProblem
+from snows_core.masks import get_mask_method, holds_nm
+from snows_core.masks.obc import MAX_COLUMNS, obc_layer, obc_prune
 
 
 def reference_obc(
@@ -124,7 +125,7 @@ def test_grouped_conv_rows_use_their_own_groups_hessian():
     conv = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)
     x = torch.randn(6, 4, 5, 5)
     x[:, 2:] = 0.0  # group 2 sees only zeros: its weights cost nothing and go first, group 1's stay
-    mask, weight = obc_layer(LayerInputs("c", conv, conv.weight.detach(), x, x, keep=30))
+    mask, weight = obc_layer(LayerProblem("c", conv, conv.weight.detach(), keep=30, x=x, x_reference=x))
     assert mask.shape == conv.weight.shape and not mask[2:].any() and int(mask[:2].sum()) == 30
     assert torch.all(weight[~mask] == 0)
 

@@ -7,11 +7,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core import PruneConfig, prune_model
+from snows_core.engine.graph import prunable_nodes, trace
+from snows_core.engine.reconstruct import _curvature_batch
+from snows_core.engine.solver import conjugate_gradient
+from snows_core.engine.window import FrozenBatchNorm, block_inputs, build_window
 from snows_core.events import LayerStarted
-from snows_core.lookahead import FrozenBatchNorm, block_inputs, build_window, prunable_nodes, trace
 from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import _curvature_batch
-from snows_core.solver import conjugate_gradient
 
 
 class Block(nn.Module):

@@ -8,9 +8,9 @@ import torch.nn as nn
 from test_lookahead import DepthwiseSENet
 
 from snows_core import PruneConfig, prune_model
-from snows_core.data import load_npz
+from snows_core.io.data import load_npz
 from snows_core.masks import get_mask_method, list_mask_methods
-from snows_core.metrics import top1
+from snows_core.measure.metrics import top1
 from snows_core.models import create_model
 
 

@@ -6,10 +6,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core import PruneConfig, prune_model
-from snows_core.columns import input_grams, layer_columns
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.engine.columns import input_grams, layer_columns
+from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
+from snows_core.engine.problem import LayerProblem, layer_problem
+from snows_core.engine.reconstruct import get_reconstruction, list_reconstructions, lstsq_weight
 from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem, list_reconstructions, lstsq_weight
 
 
 def ridge_rows(inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -32,7 +33,7 @@ def test_lstsq_linear_equals_closed_form():
     )
     mask = torch.rand(4, 6, generator=g) > 0.4
     damping = 1e-2
-    got = lstsq_weight(layer, x, x_dense, layer.weight.detach(), mask, damping)
+    got = lstsq_weight(LayerProblem("l", layer, layer.weight.detach(), x=x, x_reference=x_dense), mask, damping)
     expected = ridge_rows(x, x_dense @ layer.weight.detach().T, mask, ridge=damping * 40 * 4 / 2)
     torch.testing.assert_close(got, expected)
     assert not got[~mask].any()
@@ -43,7 +44,7 @@ def test_lstsq_conv_equals_closed_form_on_im2col():
     conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False).double()
     x = torch.randn(5, 3, 7, 7, generator=g, dtype=torch.float64)
     mask = torch.rand(conv.weight.shape, generator=g) > 0.5
-    got = lstsq_weight(conv, x, x, conv.weight.detach(), mask, damping=1e-3)
+    got = lstsq_weight(LayerProblem("c", conv, conv.weight.detach(), x=x, x_reference=x), mask, damping=1e-3)
     cols = F.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27)  # (N*L, C*k*k)
     flat_mask = mask.reshape(4, 27)
     targets = cols @ conv.weight.detach().reshape(4, 27).T
@@ -58,7 +59,7 @@ def test_lstsq_grouped_conv_solves_each_row_on_its_own_group_and_kept_inputs():
     mask = torch.rand(conv.weight.shape, generator=g) > 0.3
     mask[1] = False  # a row with nothing kept
     mask[2] = True  # a dense row: the widest system
-    got = lstsq_weight(conv, x, x, conv.weight.detach(), mask, damping=1e-3)
+    got = lstsq_weight(LayerProblem("c", conv, conv.weight.detach(), x=x, x_reference=x), mask, damping=1e-3)
     for group in range(2):
         rows = slice(2 * group, 2 * group + 2)
         cols = F.unfold(x[:, 2 * group : 2 * group + 2], 3, padding=1).transpose(1, 2).reshape(-1, 18)  # (N*L, 18)
@@ -73,7 +74,7 @@ def make_problem(model, layer: str, k: int, sparsity: float = 0.6) -> LayerProbl
     node = next(n for n in prunable_nodes(gm) if n.target == layer)
     path = PrunedPath(gm, torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(2)), batch_size=8)
     mask = unstructured_mask(gm.get_submodule(layer).weight.abs(), sparsity)
-    return layer_problem(gm, node, path, k, mask, batch_size=8)[0]
+    return layer_problem(gm, node, path, k=k, mask=mask, batch_size=8)[0]
 
 
 @pytest.mark.parametrize("curvature", ["exact", "gauss-newton"])

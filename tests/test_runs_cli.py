@@ -64,7 +64,7 @@ def test_a_stopped_worker_outlives_its_silence_and_resumes(home, monkeypatch):
     try:
         time.sleep(2.5)  # silent for longer than the (shortened) stale time: a stalled, not a dead, worker
         monkeypatch.setattr(process, "STALE_SECONDS", 0.5)
-        assert process.reap(RunStore(home)) == [] and status(run)["status"] == "running"
+        assert process.fail_dead(RunStore(home)) == [] and status(run)["status"] == "running"
     finally:
         os.kill(pid, signal.SIGCONT)
     steps = len([e for e in RunStore(home).events(run) if e["kind"] == "newton_step"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from snows_core import PruneConfig
 from snows_core.prune import prune_model, sensitivity_analysis
 from snows_core.runs import RunSpec
-from snows_core.sensitivity import scan_sparsities
+from snows_core.scan import scan_sparsities
 
 
 def analyse(model, config, n=32, seed=0):

@@ -5,10 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
-from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import LayerProblem, layer_problem
-from snows_core.solver import (
+from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
+from snows_core.engine.problem import LayerProblem, layer_problem
+from snows_core.engine.solver import (
     CGResult,
     armijo_backtracking,
     cg_trace,
@@ -18,7 +17,8 @@ from snows_core.solver import (
     tangent_curvature,
     tap_loss,
 )
-from snows_core.tangent import TangentProgram
+from snows_core.engine.tangent import TangentProgram
+from snows_core.masks import unstructured_mask
 
 torch.set_default_dtype(torch.float32)
 
@@ -94,7 +94,7 @@ def tiny_problem(model: nn.Module, layer: str, k: int, sparsity: float = 0.5):
     x = torch.randn(6, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     path = PrunedPath(gm, x, batch_size=6)
     mask = unstructured_mask(gm.get_submodule(layer).weight.abs(), sparsity)
-    problem, window = layer_problem(gm, node, path, k, mask, batch_size=6)
+    problem, window = layer_problem(gm, node, path, k=k, mask=mask, batch_size=6)
     dense = problem.dense_weight
     perturbed = dense + 0.3 * torch.randn(dense.shape, generator=torch.Generator().manual_seed(4), dtype=dense.dtype)
     return problem, perturbed[mask].detach(), window
@@ -146,7 +146,7 @@ def test_gauss_newton_is_the_psd_part_for_smooth_windows():
     x = torch.randn(7, 4, dtype=torch.float64)
     path = PrunedPath(gm, x, 7)
     mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.5)
-    problem, _ = layer_problem(gm, node, path, 2, mask, 7)
+    problem, _ = layer_problem(gm, node, path, k=2, mask=mask, batch_size=7)
     free = problem.dense_weight[mask] + 0.5
     taps_of, curv = curvatures(problem, free)
     eye = torch.eye(free.numel(), dtype=torch.float64)
@@ -176,7 +176,7 @@ def test_hvp_exact_beyond_1e5_free_weights():
     x = torch.randn(32, 64, dtype=torch.float64)
     path = PrunedPath(gm, x, 32)
     mask = unstructured_mask(gm.get_submodule(node.target).weight.abs(), 0.5)
-    problem, _ = layer_problem(gm, node, path, 2, mask, 32)
+    problem, _ = layer_problem(gm, node, path, k=2, mask=mask, batch_size=32)
     free = problem.dense_weight[mask]
     assert free.numel() == 131_072
     taps_of, curv = curvatures(problem, free)

@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snows_core.masks import LayerInputs, MaskChoice, get_mask_method, nm_mask, unstructured_mask
-from snows_core.sparsegpt import sparsegpt_layer, sparsegpt_prune
+from snows_core.engine.problem import LayerProblem
+from snows_core.masks import MaskChoice, get_mask_method, nm_mask, unstructured_mask
+from snows_core.masks.sparsegpt import sparsegpt_layer, sparsegpt_prune
 
 
 def reference_obs(
@@ -104,9 +105,10 @@ def test_weights_pruned_before_stay_pruned():
     assert torch.all(solved[~kept] == 0)
 
 
-def inputs_for(module: nn.Module, x: torch.Tensor, keep: int = 0, nm=None, x_reference=None) -> LayerInputs:
+def inputs_for(module: nn.Module, x: torch.Tensor, keep: int = 0, nm=None, x_reference=None) -> LayerProblem:
     weight = module.weight.detach()
-    return LayerInputs("layer", module, weight, x, x if x_reference is None else x_reference, keep, nm)
+    x_reference = x if x_reference is None else x_reference
+    return LayerProblem("layer", module, weight, keep=keep, nm=nm, x=x, x_reference=x_reference)
 
 
 def test_a_conv_is_pruned_on_its_im2col_columns():

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load, save
 
+from snows_core.measure.speed import dense_state_dict, export_sizes, is_two_four, measure_speed, sparse_state_dict
 from snows_core.runs.local import free_gpu, placed
 from snows_core.runs.spec import RunSpec
-from snows_core.speed import dense_state_dict, export_sizes, is_two_four, measure, sparse_state_dict
 
 
 def pruned_mlp() -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -56,7 +56,7 @@ def test_export_sizes_count_kept_values_and_one_bit_per_weight():
 def test_on_cpu_the_pruned_model_runs_dense_and_the_speedup_is_one_with_the_reason():
     model, masks = pruned_mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    report = measure(model, masks, "cpu", torch.randn(4, 12), repeats=3)
+    report = measure_speed(model, masks, "cpu", torch.randn(4, 12), repeats=3)
     assert (report.device, report.kernel, report.speedup, report.dtype) == ("cpu", "dense", 1.0, "float32")
     assert report.reason == "CPU: no sparse kernel, the pruned model runs dense with zeros"
     assert report.dense_ms == report.pruned_ms > 0
@@ -93,7 +93,7 @@ def test_on_cuda_two_four_linears_run_through_the_sparse_kernel_with_the_dense_o
     with torch.no_grad():
         for name, keep in masks.items():
             model.get_submodule(name).weight.mul_(keep)
-    report = measure(model, masks, "cuda", torch.randn(256, 512))
+    report = measure_speed(model, masks, "cuda", torch.randn(256, 512))
     assert report.kernel == "semi-structured 2:4" and report.sparse_layers == ["0", "2"]
     assert report.device == torch.cuda.get_device_name(0) and report.dtype == "float16"
     assert report.max_rel_error <= 1e-2 and report.speedup > 0
@@ -112,7 +112,7 @@ def test_measure_speed_is_stored_only_when_asked_and_only_for_pruning_runs():
 
 def test_the_speed_figures_say_one_x_on_cpu_without_a_sparse_kernel():
     model, masks = pruned_mlp()
-    figures = measure(model, masks, "cpu", torch.randn(4, 12), repeats=3).figures()
+    figures = measure_speed(model, masks, "cpu", torch.randn(4, 12), repeats=3).figures()
     assert figures["headline"] == "1.0x, CPU, no sparse kernel"
     assert figures["reason"] == "CPU: no sparse kernel, the pruned model runs dense with zeros"
     assert figures["latency"].endswith("(4 images, float32, median)")
@@ -133,7 +133,7 @@ def test_prune_measure_speed_reports_and_prints_the_figures(tmp_path, capsys):
 
 
 def test_only_two_four_linears_are_offered_to_the_sparse_kernel_and_each_other_layer_says_why():
-    from snows_core.speed import _to_semi_structured
+    from snows_core.measure.speed import _to_semi_structured
 
     model = nn.Sequential(nn.Conv2d(4, 8, 1), nn.Flatten(), nn.Linear(8, 8), nn.Linear(8, 8)).eval()
     two_four = torch.tensor([1, 1, 0, 0], dtype=torch.bool).repeat(8, 2)  # (8, 8)
@@ -145,14 +145,14 @@ def test_only_two_four_linears_are_offered_to_the_sparse_kernel_and_each_other_l
 
 
 def test_a_run_whose_timing_fails_keeps_its_result_and_says_why(monkeypatch, tmp_path):
-    import snows_core.speed
+    import snows_core.measure.speed
     from snows_core import PruneConfig
     from snows_core.runs.pipeline import run_spec
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
 
-    monkeypatch.setattr(snows_core.speed, "measure", out_of_memory)
+    monkeypatch.setattr(snows_core.measure.speed, "measure_speed", out_of_memory)
     config = PruneConfig(reconstruction="none", n_calib=32)
     result, summary = run_spec(RunSpec("mlp", config=config, eval_size=50, measure_speed=True), lambda event: None)
     assert summary["speed"] == {"error": "speed not measured: CUDA out of memory. Tried to allocate 2.00 GiB"}

@@ -7,10 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core.config import PruneConfig
-from snows_core.lookahead import PrunedPath, prunable_nodes, trace
+from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
+from snows_core.engine.problem import layer_problem
+from snows_core.engine.reconstruct import get_reconstruction
+from snows_core.engine.tangent import TangentProgram
 from snows_core.masks import unstructured_mask
-from snows_core.reconstruct import get_reconstruction, layer_problem
-from snows_core.tangent import TangentProgram
 
 
 class EveryLinearOp(nn.Module):
@@ -40,7 +41,7 @@ def window_of(model: nn.Module, k: int, layer: str = "layer", x: torch.Tensor | 
     node = next(n for n in prunable_nodes(gm) if n.target == layer)
     x = torch.randn(5, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) if x is None else x
     mask = unstructured_mask(gm.get_submodule(layer).weight.abs(), 0.5)
-    problem, window = layer_problem(gm, node, PrunedPath(gm, x, x.shape[0]), k, mask, x.shape[0])
+    problem, window = layer_problem(gm, node, PrunedPath(gm, x, x.shape[0]), k=k, mask=mask, batch_size=x.shape[0])
     return problem, window
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from snows_core.data import FASHION_MNIST_DIR, calibration_images, list_datasets, load_dataset, stack_images
-from snows_core.metrics import evaluate
+from snows_core.io.data import FASHION_MNIST_DIR, calibration_images, list_datasets, load_dataset, stack_images
+from snows_core.measure.metrics import evaluate
 from snows_core.models import create_model, list_models, model_info
 from snows_core.models._registry import ASSETS
 

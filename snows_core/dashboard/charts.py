@@ -36,7 +36,7 @@ __all__ = [
     "compare_layer_losses",
     "matrix_heatmap",
     "mask_heatmap",
-    "newton_cg_2d",
+    "plot_newton_cg_2d",
     "sensitivity_heatmap",
     "sensitivity_curves",
     "SENSITIVITY_VIEWS",
@@ -453,7 +453,7 @@ def mask_heatmap(mask: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
-def newton_cg_2d(step: NewtonCG2D) -> go.Figure:
+def plot_newton_cg_2d(step: NewtonCG2D) -> go.Figure:
     """One Newton-CG step on a 2-D quadratic: contours of f, the steepest-descent step, the CG iterates, the
     exact Newton point and the Armijo trials along the CG direction (filled: accepted)."""
     grid = step.grid.pivot(index="y", columns="x", values="f")

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import torch
 
-from snows_core.catalog import Footprint
 from snows_core.config import PruneConfig, upgrade_config_dict
+from snows_core.engine.device import resolve_device
+from snows_core.io.catalog import Footprint
 from snows_core.models import create_model, input_size
-from snows_core.prune import resolve_device
 from snows_core.runs.door import MemoryFit, available_memory, model_footprint, peak_bytes
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
-from snows_core.sensitivity import scan_sparsities
+from snows_core.scan import scan_sparsities
 
 __all__ = ["Forecast", "Probe", "probe", "forecast"]
 

@@ -16,12 +16,12 @@ import pandas as pd
 import torch
 
 from snows_core.config import PruneConfig
-from snows_core.lookahead import build_window, prunable_nodes, trace
+from snows_core.engine.graph import default_layers, prunable_nodes, trace
+from snows_core.engine.solver import armijo_backtracking, conjugate_gradient
+from snows_core.engine.window import build_window
 from snows_core.masks import nm_mask, unstructured_mask
 from snows_core.models import create_model
-from snows_core.prune import default_layers
 from snows_core.runs.spec import RunSpec
-from snows_core.solver import armijo_backtracking, conjugate_gradient
 
 __all__ = ["mask_example", "window_chains", "LEARN_SPEC", "NewtonCG2D", "newton_cg_2d"]
 

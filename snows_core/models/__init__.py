@@ -1,6 +1,6 @@
 """Model zoo: a registry of architectures, checkpoint loading, and the CIFAR ResNet family."""
 
-from snows_core.checkpoint import load_weights, read_state_dict
+from snows_core.io.checkpoint import load_weights, read_state_dict
 from snows_core.models import resnet_cifar, zoo  # noqa: F401  (registers the models)
 from snows_core.models._registry import (
     ModelInfo,

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from snows_core.catalog import ASSETS, default_dataset, hub_of
-from snows_core.checkpoint import first_line, load_weights
+from snows_core.io.catalog import ASSETS, default_dataset, hub_of
+from snows_core.io.checkpoint import first_line, load_weights
 from snows_core.registry import Registry
 
 __all__ = [
@@ -89,11 +89,10 @@ def register_model(
 ) -> Callable:
     """Decorator registering a factory `fn(**kwargs) -> nn.Module` under `name`."""
 
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _MODELS.add(name, ModelInfo(name, fn, input_size, dataset, source, weights, checkpoint_hint))
-        return fn
+    def wrap(fn: Callable[..., nn.Module]) -> ModelInfo:
+        return ModelInfo(name, fn, input_size, dataset, source, weights=weights, checkpoint_hint=checkpoint_hint)
 
-    return wrap
+    return _MODELS.decorator(name, wrap)
 
 
 def model_info(name: str) -> ModelInfo:

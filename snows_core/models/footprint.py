@@ -13,13 +13,12 @@ import torch.nn as nn
 
 from snows_core.models._registry import ModelInfo
 
-__all__ = ["measure", "describe_model"]
+__all__ = ["measure_footprint", "describe_model"]
 
 
-def measure(network: nn.Module, input_size: tuple[int, ...]) -> dict[str, int]:
+def measure_footprint(network: nn.Module, input_size: tuple[int, ...]) -> dict[str, int]:
     """The footprint of `network` (as `catalog.Footprint` fields) from one forward pass of one image."""
-    from snows_core.lookahead import trace
-    from snows_core.prune import default_layers
+    from snows_core.engine.graph import default_layers, trace
 
     device = next(network.parameters()).device
     sizes: list[int] = []
@@ -51,5 +50,5 @@ def describe_model(info: ModelInfo) -> dict[str, Any]:
         "weights": info.weights,
         "checkpoint_hint": info.checkpoint_hint,
         "state": {key: list(value.shape) for key, value in network.state_dict().items()},
-        "footprint": measure(network, info.input_size),
+        "footprint": measure_footprint(network, info.input_size),
     }

@@ -18,16 +18,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from snows_core import catalog
-from snows_core.catalog import Footprint
-from snows_core.checkpoint import check_shapes, state_shapes
 from snows_core.config import PruneConfig
-from snows_core.datafiles import split_size
-
-if TYPE_CHECKING:
-    from snows_core.runs.spec import RunSpec
+from snows_core.io import catalog
+from snows_core.io.catalog import Footprint
+from snows_core.io.checkpoint import check_shapes, state_shapes
+from snows_core.io.datafiles import split_size
+from snows_core.runs.spec import RunSpec
 
 __all__ = [
     "check_inputs",
@@ -69,7 +66,7 @@ def device_type(device: str) -> str:
         if device == "auto":
             return "cpu"
         raise ValueError(f"device {device!r} was asked for, but CUDA is not available; use 'auto' or 'cpu'")
-    from snows_core.prune import resolve_device
+    from snows_core.engine.device import resolve_device
 
     return resolve_device(device).type
 
@@ -100,7 +97,7 @@ def _check_data(spec: RunSpec) -> None:
     root = Path(spec.data_root) if spec.data_root is not None else None
     size = split_size(spec.dataset, "train", root)
     if size is None:
-        from snows_core.data import load_dataset
+        from snows_core.io.data import load_dataset
 
         size = len(load_dataset(spec.dataset, "train", root))  # raises naming what to install or where
     if spec.config.n_calib > size:
@@ -137,9 +134,9 @@ def model_footprint(model: str) -> Footprint:
     if catalog.hub_of(model) is None:
         return catalog.footprint(model)
     from snows_core.models import create_model, input_size
-    from snows_core.models.footprint import measure
+    from snows_core.models.footprint import measure_footprint
 
-    return Footprint(**measure(create_model(model, pretrained=False), input_size(model)))
+    return Footprint(**measure_footprint(create_model(model, pretrained=False), input_size(model)))
 
 
 def peak_bytes(config: PruneConfig, footprint: Footprint, device: str) -> int:

@@ -1,4 +1,5 @@
-"""The run queue's front door: `submit` stores a run (or reuses a done one) and makes sure its backend serves it.
+"""Submitting runs: `submit` stores a run (or reuses a done one) once it has passed the door (`snows_core.runs.door`)
+and makes sure its backend serves it; `tend_queue`, what every reader calls, keeps the queue served.
 
 A backend is where queued runs compute, chosen by name from a small registry:
 
@@ -20,7 +21,7 @@ from snows_core.runs import process
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
 
-__all__ = ["Backend", "list_backends", "get_backend", "check_backend", "submit", "reusable_run", "reap"]
+__all__ = ["Backend", "list_backends", "get_backend", "check_backend", "submit", "reusable_run", "tend_queue"]
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,10 @@ def check_backend(executor: str, scheduler: str | None = None, *, reach: bool = 
     return backend
 
 
-def reap(store: RunStore) -> list[str]:
+def tend_queue(store: RunStore) -> list[str]:
     """What every reader calls: fail the running runs whose worker is gone, and start a dispatcher when
     local runs wait with none alive (the last one was killed): no queued run depends on a next submit."""
-    dead = process.reap(store)
+    dead = process.fail_dead(store)
     if not store.readonly and store.has_queued("local"):
         _ensure_local(store.home, None)
     return dead
@@ -103,14 +104,16 @@ def submit(
 ) -> str:
     """Queue `spec` (or reuse a run that ended done with the same spec and version) and return the run id.
 
-    The spec passes the door first (`RunSpec.check_inputs`: its inputs, and its memory forecast unless
+    The spec passes the door first (`door.check_inputs`: its inputs, and its memory forecast unless
     `force`; `checked=True` when the caller already did, as `submit_all` does). `force` also recomputes a
     spec that already ended done. `executor` names the backend (`list_backends()`);
     whether its scheduler answers is the caller's check (`check_backend`), made once for a whole sweep.
     """
     backend = check_backend(executor, scheduler, reach=False)
     if not checked:
-        spec.check_inputs(force=force)
+        from snows_core.runs.door import check_inputs  # reads checkpoints: not for the store's readers
+
+        check_inputs(spec, force=force)
     if not force:
         done = reusable_run(store, spec)
         if done is not None:

@@ -32,8 +32,8 @@ from snows_core.runs.process import (
     HEARTBEAT_SECONDS,
     RunCancelled,
     cancel_on_step,
+    fail_dead,
     finish_or_log,
-    reap,
     serve_exclusively,
     serve_until_idle,
     start_detached,
@@ -86,7 +86,7 @@ def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
 
 
 def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> None:
-    reap(store)
+    fail_dead(store)
     for run_id, process in list(workers.items()):
         run = store.get(run_id)
         if not process.is_alive():

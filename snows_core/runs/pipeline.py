@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from snows_core.checkpoint import first_line
-from snows_core.data import calibration_indices, load_dataset, stack_images
+from snows_core.engine.device import resolve_device
 from snows_core.events import Evaluation, EventSink
-from snows_core.metrics import evaluate
+from snows_core.io.checkpoint import first_line
+from snows_core.io.data import calibration_indices, load_dataset, stack_images
+from snows_core.measure.metrics import evaluate
 from snows_core.models import create_model
-from snows_core.prune import prune_model, resolve_device, sensitivity_analysis
+from snows_core.prune import prune_model, sensitivity_analysis
 from snows_core.registry import Registry
 from snows_core.report import PruneResult
 from snows_core.runs.environment import environment
@@ -45,12 +46,7 @@ RUNNERS: Registry[Runner] = Registry("kind", ordered=True)  # RunSpec.kind -> ru
 
 def register_runner(kind: str) -> Callable[[Runner], Runner]:
     """Decorator registering `fn(spec, out_dir, on_event) -> result row` as the runner of `kind`."""
-
-    def wrap(fn: Runner) -> Runner:
-        RUNNERS.add(kind, fn)
-        return fn
-
-    return wrap
+    return RUNNERS.decorator(kind)
 
 
 def execute(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[str, Any]:
@@ -165,11 +161,11 @@ def _trajectory(
 def _speed(result: PruneResult, test: Dataset, device: torch.device) -> dict[str, Any]:
     """The measured speed (`SpeedReport.to_dict()`), or {"error": why} when timing failed (out of memory, say):
     a run keeps its pruned weights whatever becomes of the timing."""
-    from snows_core.speed import measure
+    from snows_core.measure.speed import measure_speed
 
     batch, _ = stack_images(test, list(range(min(SPEED_BATCH, len(test)))))  # (B, C, H, W)
     try:
-        return measure(result.model, result.masks, device, batch).to_dict()
+        return measure_speed(result.model, result.masks, device, batch).to_dict()
     except (RuntimeError, MemoryError) as err:
         return {"error": f"speed not measured: {first_line(err)}"}
 

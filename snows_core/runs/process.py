@@ -8,7 +8,7 @@
   backends serve with, ticking until nothing has been busy for `IDLE_EXIT_SECONDS`.
 - `cancel_on_step`: the event sink wrapper that raises `RunCancelled` at the first Newton step after a
   cancel request, the only place a run checks for one.
-- `reap`: any reader fails the running runs whose worker is gone: a local worker when its process is
+- `fail_dead`: any reader fails the running runs whose worker is gone: a local worker when its process is
   (`pid_alive`), a Dask task when silent for `stale_seconds()`, which grows with the machine's load; a
   local run claimed by a dispatcher that died before the worker announced itself is queued again.
 """
@@ -41,7 +41,7 @@ __all__ = [
     "serve_until_idle",
     "cancel_on_step",
     "finish_or_log",
-    "reap",
+    "fail_dead",
     "stale_seconds",
     "pid_alive",
 ]
@@ -142,7 +142,7 @@ def finish_or_log(store: RunStore, run_id: str, status: RunStatus, result: dict 
             shutil.rmtree(store.run_dir(run_id), ignore_errors=True)
 
 
-def reap(store: RunStore) -> list[str]:
+def fail_dead(store: RunStore) -> list[str]:
     """Fail the running runs whose worker is gone (see the module docstring); a read-only store is left as is."""
     return [] if store.readonly else store.mark_dead(pid_alive, stale_seconds())
 

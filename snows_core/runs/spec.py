@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from snows_core import catalog
 from snows_core.config import PruneConfig, pop_schema_version
+from snows_core.io import catalog
 
 __all__ = ["RunSpec", "SPEC_SCHEMA_VERSION", "RUN_KINDS"]
 
@@ -84,13 +84,6 @@ class RunSpec:
                 "kind 'sensitivity' needs pattern 'unstructured' and a mask method that chooses masks; "
                 f"got pattern {self.config.pattern!r}, mask {self.config.mask!r}"
             )
-
-    def check_inputs(self, *, force: bool = False) -> None:
-        """Refuse, before anything is stored, a run that cannot start here or whose memory forecast does not
-        fit (unless `force`): see `snows_core.runs.door`."""
-        from snows_core.runs.door import check_inputs
-
-        check_inputs(self, force=force)
 
     def inputs_key(self) -> tuple[Any, ...]:
         """What `door.check_runnable` reads: specs with equal keys pass or fail it together (a sweep checks one

@@ -10,7 +10,7 @@ Registered (`register_allocation`, one factory `get_allocation`, `list_allocatio
   layer, weights sorted by ascending score s_(1) <= ... <= s_(n) get the score
   s_(u)^2 / sum_{v >= u} s_(v)^2; these are ranked globally (with the cap).
 - ``sensitivity``: each layer alone pruned at a grid of sparsities, its K-window loss measured (see
-  `snows_core.sensitivity`); then the counts that minimise the summed loss at the overall target, by
+  `snows_core.scan`); then the counts that minimise the summed loss at the overall target, by
   greedy purchase of weights along each layer's lower convex hull of loss against kept weights
   (optimal for the piecewise-linear interpolation of the scan), never above the cap.
 """
@@ -84,21 +84,11 @@ _ALLOCATIONS: Registry[Allocation] = Registry("allocation", ordered=True)
 
 def register_allocation(name: str, *, needs_scan: bool = False, summary: str = "") -> Callable:
     """Decorator registering `fn(inputs: AllocationInputs) -> {layer: kept count}` under `name`."""
-
-    def wrap(fn: Callable[[AllocationInputs], dict[str, int]]) -> Callable[[AllocationInputs], dict[str, int]]:
-        _ALLOCATIONS.add(name, Allocation(name, fn, needs_scan, summary))
-        return fn
-
-    return wrap
+    return _ALLOCATIONS.decorator(name, lambda fn: Allocation(name, fn, needs_scan, summary))
 
 
-def get_allocation(name: str) -> Allocation:
-    return _ALLOCATIONS.get(name)
-
-
-def list_allocations() -> list[str]:
-    """Names of the registered allocations, in the order they were registered (simplest first)."""
-    return _ALLOCATIONS.names()
+get_allocation = _ALLOCATIONS.get
+list_allocations = _ALLOCATIONS.names  # in registration order (simplest first)
 
 
 def kept_count(numel: int, sparsity: float) -> int:

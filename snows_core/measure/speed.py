@@ -32,13 +32,13 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from snows_core.checkpoint import first_line
+from snows_core.io.checkpoint import first_line
 from snows_core.masks import holds_nm
-from snows_core.speed_report import DOUBLE_CHECK_ABOVE, SpeedReport
+from snows_core.measure.speed_report import DOUBLE_CHECK_ABOVE, SpeedReport
 
 __all__ = [
     "SpeedReport",
-    "measure",
+    "measure_speed",
     "sparse_state_dict",
     "dense_state_dict",
     "export_sizes",
@@ -49,7 +49,7 @@ OUTPUT_TOLERANCE = 1e-2  # relative error allowed between the sparse-kernel and 
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
-def measure(
+def measure_speed(
     model: nn.Module,
     masks: dict[str, torch.Tensor],
     device: str | torch.device,
@@ -75,7 +75,9 @@ def measure(
         dense_layers |= dict.fromkeys(sparse_layers, "converted, but not timed: see the reason")
         latency = _median_ms(dense, x, device, repeats)
         reason = refusal + (f" ({_tally(dense_layers)})" if dense_layers else "")
-        return SpeedReport(name, "dense", 1.0, reason, latency, latency, "float16", [], dense_layers, **sizes)
+        return SpeedReport(
+            name, "dense", 1.0, reason, latency, latency, dtype="float16", dense_layers=dense_layers, **sizes
+        )
     dense_ms, pruned_ms = _median_ms(dense, x, device, repeats), _median_ms(sparse, x, device, repeats)
     checked = dense_ms / pruned_ms > DOUBLE_CHECK_ABOVE
     if checked:
@@ -89,9 +91,9 @@ def measure(
         reason,
         dense_ms,
         pruned_ms,
-        "float16",
-        sparse_layers,
-        dense_layers,
+        dtype="float16",
+        sparse_layers=sparse_layers,
+        dense_layers=dense_layers,
         max_rel_error=error,
         double_checked=checked,
         **sizes,

@@ -15,15 +15,11 @@ they appear (modules, ``F.relu`` and ``torch.relu`` calls, ``x.relu()``), plus t
 used by modern nets (SiLU, Hardswish, sigmoid gates of squeeze-excite). Residual merges, normalisation,
 pooling and reshapes are not counted: they sit inside the window but are not taps, so K means the same
 here as in the paper (K=3 after conv1 of a basic block reaches relu, conv2 and the block's output relu).
-
-Untraceable blocks can be registered as leaves (`register_leaf_module`), as timm does for FX.
 """
 
 from __future__ import annotations
 
-import inspect
-import traceback
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -31,22 +27,18 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snows_core.engine.graph import descendants
+
 __all__ = [
     "OPERATION_KINDS",
     "OFFICIAL_KINDS",
-    "PRUNABLE_TYPES",
-    "register_leaf_module",
-    "trace",
+    "operation_kind",
     "Window",
     "build_window",
     "build_tail",
     "block_inputs",
-    "prunable_nodes",
-    "PrunedPath",
     "FrozenBatchNorm",
 ]
-
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
 _ACTIVATION_FUNCTIONS = (F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, torch.relu, torch.sigmoid)
@@ -69,49 +61,6 @@ OPERATION_KINDS: dict[object, str] = {
 #: The kinds the official SNOWS code counts in CNNs (hooks on Conv2d and ReLU modules; never the classifier).
 OFFICIAL_KINDS = ("conv", "activation")
 
-_LEAF_MODULES: set[type[nn.Module]] = set()
-
-
-def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
-    """Decorator/function: trace `cls` as one opaque call instead of tracing through it."""
-    _LEAF_MODULES.add(cls)
-    return cls
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, tuple(_LEAF_MODULES)) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace `model` with torch.fx; the GraphModule shares the model's submodules (and weights)."""
-    try:
-        graph = _Tracer().trace(model, concrete_args=_optional_arguments(model))
-    except Exception as err:  # fx raises many types; all mean the same to the user
-        where = _innermost_module(err)
-        raise ValueError(
-            f"cannot trace {type(model).__name__} with torch.fx{where}: {err}. Register the block that "
-            "fails with snows_core.lookahead.register_leaf_module so it is traced as one call."
-        ) from err
-    inputs = [n for n in graph.nodes if n.op == "placeholder" and not n.args]  # args hold a fixed default
-    if len(inputs) != 1:
-        raise ValueError(f"the model must take exactly one input tensor; its forward reads {len(inputs)}")
-    return fx.GraphModule(model, graph, type(model).__name__)
-
-
-def _optional_arguments(model: nn.Module) -> dict[str, object]:
-    """Forward arguments after the first that have defaults (masks, flags) are fixed at their defaults."""
-    parameters = list(inspect.signature(model.forward).parameters.values())[1:]
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-
-
-def _innermost_module(err: Exception) -> str:
-    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, nn.Module):
-            return f" (in module {type(owner).__name__})"
-    return ""
-
 
 def operation_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """The kind this node counts as (conv, linear, activation, attention), or None."""
@@ -128,12 +77,6 @@ def operation_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
 
 def _module_kinds() -> list[tuple[type, str]]:
     return [(key, kind) for key, kind in OPERATION_KINDS.items() if isinstance(key, type)]
-
-
-def prunable_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    """call_module nodes of Conv2d/Linear layers, in topological order."""
-    modules = dict(gm.named_modules())
-    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], PRUNABLE_TYPES)]
 
 
 @dataclass
@@ -154,16 +97,16 @@ def build_window(gm: fx.GraphModule, layer_node: fx.Node, k: int, kinds: Collect
     """
     modules = dict(gm.named_modules())
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    descendants = _descendants(layer_node)
+    downstream = descendants(layer_node)
     taps, ops = [layer_node], [(layer_node.name, operation_kind(layer_node, modules) or "layer")]
-    for node in sorted(descendants, key=order.get):
+    for node in sorted(downstream, key=order.get):
         if len(taps) > k:
             break
         kind = operation_kind(node, modules)
         if kind is not None and (kinds is None or kind in kinds):
             taps.append(node)
             ops.append((node.name, kind))
-    inside = _ancestors_within(taps, descendants | {layer_node})
+    inside = _ancestors_within(taps, downstream | {layer_node})
     module, externals = _window_module(gm, layer_node, inside, taps, _constant_nodes(gm), order)
     return Window(layer_node.target, module, externals, taps, ops)
 
@@ -175,7 +118,7 @@ def build_tail(gm: fx.GraphModule, layer_node: fx.Node) -> Window:
     if not isinstance(result, fx.Node):
         raise ValueError(f"the model must return one tensor to measure its output; it returns {type(result).__name__}")
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    inside = _ancestors_within([result], _descendants(layer_node) | {layer_node})
+    inside = _ancestors_within([result], descendants(layer_node) | {layer_node})
     if result not in inside:
         raise ValueError(f"the model's output does not depend on {layer_node.target}")
     module, externals = _window_module(gm, layer_node, inside, [result], _constant_nodes(gm), order)
@@ -192,16 +135,6 @@ def block_inputs(gm: fx.GraphModule, layer_node: fx.Node) -> list[fx.Node]:
     inside = {n for n in gm.graph.nodes if block in n.meta.get("nn_module_stack", {})}
     reads = {arg for n in inside for arg in n.all_input_nodes if arg not in inside and arg.op != "get_attr"}
     return [n for n in gm.graph.nodes if n in reads]
-
-
-def _descendants(node: fx.Node) -> set[fx.Node]:
-    seen, stack = set(), [node]
-    while stack:
-        for user in stack.pop().users:
-            if user not in seen and user.op != "output":
-                seen.add(user)
-                stack.append(user)
-    return seen
 
 
 def _ancestors_within(taps: list[fx.Node], allowed: set[fx.Node]) -> set[fx.Node]:
@@ -298,74 +231,3 @@ def _freeze_batchnorms(window: fx.GraphModule) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training and module.track_running_stats:
             parent, _, leaf = node.target.rpartition(".")
             setattr(window.get_submodule(parent), leaf, FrozenBatchNorm(module))
-
-
-class PrunedPath:
-    """Node values of the network being pruned on the calibration set, computed on demand.
-
-    Values are cached; when a layer's weight changes, `invalidate` drops everything downstream of it,
-    and `release_before` drops values no later node reads, so memory holds only the live frontier.
-    """
-
-    def __init__(self, gm: fx.GraphModule, inputs: torch.Tensor, batch_size: int) -> None:
-        self.gm, self.inputs, self.batch_size = gm, inputs, batch_size
-        self.order = {node: i for i, node in enumerate(gm.graph.nodes)}
-        self.interpreter = fx.Interpreter(gm)
-        self.names = {node.name: node for node in gm.graph.nodes}
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        self.env: dict[fx.Node, object] = {n: n.args[0] if n.args else inputs for n in placeholders}
-
-    def seeded(self, values: dict[str, object]) -> PrunedPath:
-        """A path over the same graph whose nodes named in `values` hold those values; the rest is computed
-        from them (and from the input where nothing seeded lies between)."""
-        path = PrunedPath(self.gm, self.inputs, self.batch_size)
-        path.env.update({self.names[name]: value for name, value in values.items()})
-        return path
-
-    def node(self, name: str) -> fx.Node:
-        """The node called `name` (traces of identical models name their nodes alike)."""
-        return self.names[name]
-
-    def value(self, node: fx.Node) -> object:
-        """The value of `node` (all images), computing missing ancestors in topological order."""
-        if node not in self.env:
-            missing = [n for n in self._ancestors(node) if n not in self.env]
-            for n in sorted(missing, key=self.order.get):
-                self.env[n] = self._run(n)
-        return self.env[node]
-
-    def values(self, nodes: Iterable[fx.Node]) -> list[object]:
-        return [self.value(n) for n in nodes]
-
-    def invalidate(self, node: fx.Node) -> None:
-        """Forget `node` and everything computed from it."""
-        for stale in _descendants(node) | {node}:
-            self.env.pop(stale, None)
-
-    def release_before(self, node: fx.Node) -> None:
-        """Forget values whose every reader comes before `node` in topological order."""
-        position = self.order[node]
-        for cached in list(self.env):
-            if cached.op != "placeholder" and all(self.order[u] < position for u in cached.users):
-                del self.env[cached]
-
-    def _ancestors(self, node: fx.Node) -> set[fx.Node]:
-        seen, stack = set(), [node]
-        while stack:
-            n = stack.pop()
-            if n in seen or n in self.env:
-                continue
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-        return seen
-
-    @torch.no_grad()
-    def _run(self, node: fx.Node) -> object:
-        self.interpreter.env = self.env
-        args, kwargs = self.interpreter.fetch_args_kwargs_from_env(node)
-        run = getattr(self.interpreter, node.op)
-        if node.op != "call_module" or not isinstance(self.gm.get_submodule(node.target), PRUNABLE_TYPES):
-            return run(node.target, args, kwargs)
-        # Convs and linears run in mini-batches to bound their workspace memory.
-        (x,) = args
-        return torch.cat([run(node.target, (chunk,), kwargs) for chunk in x.split(self.batch_size)])

@@ -12,7 +12,7 @@ K-window loss (K=3) is not comparable across layers: its taps differ in kind and
 layer (the last block's window ends at the logits, the others at activations): on ResNet-20 at 90%
 (SNOWS K=3, one pass) an allocation from K=3 window losses scored 64.8% top-1 against 74.3% for
 uniform, where this output measure scores 74.4%. The `sensitivity` allocation
-(`snows_core.allocation`) turns this table into per-layer sparsities.
+(`snows_core.masks.allocation`) turns this table into per-layer sparsities.
 
 `sensitivity_grid` is the analysis a user reads (the `sensitivity` run kind, the Sensitivity page): on
 the same grid and masks it also applies the run's own update (none, lstsq or SNOWS on the layer's
@@ -31,20 +31,22 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from snows_core.allocation import SensitivityScan, kept_count
 from snows_core.config import PruneConfig
+from snows_core.engine.graph import PrunedPath
+from snows_core.engine.problem import LayerProblem, load_inputs
+from snows_core.engine.reconstruct import get_reconstruction, lstsq_weight
+from snows_core.engine.window import build_tail, build_window
 from snows_core.events import EventSink, LayerScanned, LayerSensitivity
-from snows_core.lookahead import PrunedPath, build_tail
-from snows_core.masks import MaskChoice
-from snows_core.reconstruct import LayerProblem, get_reconstruction, layer_problem, lstsq_weight
+from snows_core.masks.allocation import SensitivityScan, kept_count
+from snows_core.masks.method import MaskChoice
 
 __all__ = ["SCAN_SPARSITIES", "MEASURE", "TestSubset", "scan_sparsities", "sensitivity_scan", "sensitivity_grid"]
 
 SCAN_SPARSITIES = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 MEASURE = "output MSE (logits vs dense), layer alone pruned"
 
-ChooseMask = Callable[[fx.Node, int, LayerProblem], MaskChoice]
-"""(layer node, weights to keep, the layer's dense problem) -> the mask method's choice."""
+ChooseMask = Callable[[LayerProblem], MaskChoice]
+"""The layer's dense problem, its `keep` set to the scanned count -> the mask method's choice."""
 
 
 def scan_sparsities(cap: float) -> list[float]:
@@ -70,9 +72,7 @@ def sensitivity_scan(
     for index, node in enumerate(nodes):
         dense = _output_problem(gm, node, path, config)
         numel[node.target] = dense.dense_weight.numel()
-        losses[node.target] = [
-            _scan_loss(dense, choose(node, kept_count(numel[node.target], s), dense), config) for s in grid
-        ]
+        losses[node.target] = [_scan_loss(dense, _choice_at(choose, dense, s), config) for s in grid]
         path.release_before(node)
         if emit is not None:
             emit(LayerScanned(node.target, index, len(nodes), grid, losses[node.target]))
@@ -81,8 +81,16 @@ def sensitivity_scan(
 
 def _output_problem(gm: fx.GraphModule, node: fx.Node, path: PrunedPath, config: PruneConfig) -> LayerProblem:
     """The layer's dense problem with the window reaching the logits (the scan's measure)."""
-    everything = torch.ones_like(gm.get_submodule(node.target).weight, dtype=torch.bool)
-    return layer_problem(gm, node, path, 0, everything, config.batch_size, window=build_tail(gm, node))[0]
+    module = gm.get_submodule(node.target)
+    problem = LayerProblem(node.target, module, module.weight.detach().clone(), batch_size=config.batch_size)
+    load_inputs(problem, gm, node, path, window=build_tail(gm, node))
+    return problem.set_mask(torch.ones_like(module.weight, dtype=torch.bool))
+
+
+def _choice_at(choose: ChooseMask, dense: LayerProblem, sparsity: float) -> MaskChoice:
+    """The method's choice for the layer alone at `sparsity`."""
+    dense.keep = kept_count(dense.dense_weight.numel(), sparsity)
+    return choose(dense)
 
 
 def _scan_loss(dense: LayerProblem, choice: MaskChoice, config: PruneConfig) -> float:
@@ -96,9 +104,7 @@ def _scan_weight(dense: LayerProblem, choice: MaskChoice, config: PruneConfig) -
     dense weights."""
     if choice.weight is not None or config.reconstruction == "none":
         return choice.weight if choice.weight is not None else dense.dense_weight * choice.mask
-    return lstsq_weight(
-        dense.module, dense.x, dense.x, dense.dense_weight, choice.mask, config.damping, dense.batch_size, dense.grams
-    )
+    return lstsq_weight(dense, choice.mask, config.damping)
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ def sensitivity_grid(
     path: PrunedPath,
     config: PruneConfig,
     choose: ChooseMask,
+    *,
     test: TestSubset,
     emit: EventSink,
 ) -> SensitivityScan:
@@ -142,7 +149,7 @@ def sensitivity_grid(
         numel[node.target] = tail.dense_weight.numel()
         cells = [
             _cell(
-                gm, node, path, config, tail, choose(node, kept_count(numel[node.target], s), tail), test, dense_logits
+                gm, node, path, tail, _choice_at(choose, tail, s), config=config, test=test, dense_logits=dense_logits
             )
             for s in grid
         ]
@@ -164,9 +171,10 @@ def _cell(
     gm: fx.GraphModule,
     node: fx.Node,
     path: PrunedPath,
-    config: PruneConfig,
     tail: LayerProblem,
     choice: MaskChoice,
+    *,
+    config: PruneConfig,
     test: TestSubset,
     dense_logits: torch.Tensor,
 ) -> dict[str, float | int | str]:
@@ -174,9 +182,8 @@ def _cell(
     and lstsq the update is the allocation's stand-in itself (computed once); SNOWS solves its K-window."""
     stand_in = _scan_weight(tail, choice, config)
     weight = stand_in
-    problem, _ = layer_problem(
-        gm, node, path, config.k, choice.mask, config.batch_size, start_weight=choice.weight, grams=tail.grams
-    )
+    window = build_window(gm, node, config.k)
+    problem = tail.with_window(window, path.values(window.externals)).set_mask(choice.mask, choice.weight)
     if config.reconstruction not in STAND_IN_IS_THE_UPDATE:
         weight = get_reconstruction(config.reconstruction)(problem, config, lambda event: None).weight
     module = gm.get_submodule(node.target)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from snows_core.datafiles import FASHION_MNIST_DIR, SPLITS, fashion_mnist_files, npz_split_shape, read_idx
+from snows_core.io.datafiles import FASHION_MNIST_DIR, SPLITS, fashion_mnist_files, npz_split_shape, read_idx
 from snows_core.registry import Registry
 
 __all__ = [
@@ -64,15 +64,10 @@ _DATASETS: Registry[DatasetInfo] = Registry("dataset")
 def register_dataset(name: str, *, num_classes: int, summary: str = "") -> Callable:
     """Decorator registering `fn(split, root, **options) -> Dataset` under `name`."""
 
-    def wrap(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _DATASETS.add(name, DatasetInfo(name, fn, num_classes, summary))
-        return fn
-
-    return wrap
+    return _DATASETS.decorator(name, lambda fn: DatasetInfo(name, fn, num_classes, summary))
 
 
-def list_datasets() -> list[str]:
-    return _DATASETS.names()
+list_datasets = _DATASETS.names
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -29,18 +29,15 @@ as are the im2col columns per group and the N:M column order for convs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 
-from snows_core.columns import input_grams, solve_on_kept
-from snows_core.sparsegpt import RELATIVE_DAMPING, column_order, damped_hessian, layer_start
+from snows_core.engine.columns import solve_on_kept
+from snows_core.engine.problem import LayerProblem
+from snows_core.masks.method import MaskChoice, register_mask_method
+from snows_core.masks.obs import RELATIVE_DAMPING, column_order, damped_hessian, layer_start
 
-if TYPE_CHECKING:  # masks registers this method, so this module must not import it at run time
-    from snows_core.masks import LayerInputs
-
-__all__ = ["obc_prune", "obc_layer", "obc_unsupported", "MAX_COLUMNS"]
+__all__ = ["obc_prune", "obc_layer", "obc_choice", "obc_unsupported", "MAX_COLUMNS"]
 
 MAX_COLUMNS = 1024  # O(d^3) per row: a layer with more input columns per group is SparseGPT's job
 _CHUNK_BYTES = 2**28  # the batched inverses of one chunk of rows, (c, d, d) float64, stay under 256 MB
@@ -179,20 +176,29 @@ def obc_unsupported(module: nn.Module) -> str | None:
     return None
 
 
-def obc_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+@register_mask_method(
+    "obc",
+    in_loop=True,
+    unsupported=obc_unsupported,
+    summary="OBC: exact OBS one weight at a time per row on the pruned path (moves weights; small layers)",
+)
+def obc_choice(problem: LayerProblem) -> MaskChoice:
+    return MaskChoice(*obc_layer(problem))
+
+
+def obc_layer(problem: LayerProblem) -> tuple[torch.Tensor, torch.Tensor]:
     """OBC on one Linear/Conv2d layer of the loop, on the pruned path's input columns, with the global
     selection over all the layer's rows: (keep-mask, weights), both shaped like the layer's weight."""
-    module, weight = inputs.module, inputs.weight
-    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_reference, weight, inputs.batch_size)
-    gram, cross, _ = grams  # (groups, d, d), (groups, d, out/g)
-    rows = layer_start(inputs, gram, cross)  # (groups, out/g, d)
-    order = column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
-    prior = None if inputs.prior is None else inputs.prior.reshape(weight.shape[0], -1)[:, order]
+    weight = problem.dense_weight
+    gram, cross, _ = problem.grams  # (groups, d, d), (groups, d, out/g)
+    rows = layer_start(problem, gram, cross)  # (groups, out/g, d)
+    order = column_order(weight) if problem.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
+    prior = None if problem.prior is None else problem.prior.reshape(weight.shape[0], -1)[:, order]
     keep, solved = obc_prune(
         rows.reshape(weight.shape[0], -1)[:, order],
         2 * gram[:, order][:, :, order],
-        prune=weight.numel() - inputs.keep if inputs.nm is None else None,
-        nm=inputs.nm,
+        prune=weight.numel() - problem.keep if problem.nm is None else None,
+        nm=problem.nm,
         prior=prior,
     )
     inverse = torch.argsort(order)

@@ -31,8 +31,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from snows_core.columns import linear_part
-from snows_core.lookahead import FrozenBatchNorm
+from snows_core.engine.columns import linear_part
+from snows_core.engine.window import FrozenBatchNorm
 
 __all__ = ["TangentProgram", "tangent_program"]
 

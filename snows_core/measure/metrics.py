@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from snows_core.data import stack_images
+from snows_core.io.data import stack_images
 
 __all__ = ["top1", "evaluate"]
 

@@ -36,7 +36,7 @@ __all__ = [
     "build_snapshot",
 ]
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SNAPSHOT = ASSETS / "catalog.json"
 HUBS = ("timm", "torchvision")
 

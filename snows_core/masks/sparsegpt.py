@@ -25,7 +25,7 @@ with X the pruned path's columns and X_t the dense path's, plus SparseGPT's damp
 toward the dense weights, lambda ||W - W_dense||^2. With G = X X^T and C = X_t X^T this equals
 (W - W*)(G + lambda I)(W - W*)^T plus a constant for W* = W_dense (C + lambda I)(G + lambda I)^-1, so
 SparseGPT starts from W* with the same damped Hessian. When the two paths agree (X_t = X), W* is
-W_dense: exactly the paper's problem. In a later pass of a gradual schedule (`LayerInputs.start`) it
+W_dense: exactly the paper's problem. In a later pass of a gradual schedule (`LayerProblem.start`) it
 starts from the weights the pass before reconstructed instead, with the same Hessian: the objective
 ||W X - W_prev X||^2 re-scores the reconstructed weights, which SNOWS fitted to the deeper targets,
 rather than going back to the layer-local least-squares fit.
@@ -33,29 +33,16 @@ rather than going back to the layer-local least-squares fit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 
-from snows_core.columns import input_grams
+from snows_core.engine.problem import LayerProblem
+from snows_core.masks.method import MaskChoice, register_mask_method
+from snows_core.masks.obs import RELATIVE_DAMPING, column_order, damped_hessian, layer_start
 
-if TYPE_CHECKING:  # masks registers this method, so this module must not import it at run time
-    from snows_core.masks import LayerInputs
-
-__all__ = [
-    "sparsegpt_prune",
-    "sparsegpt_layer",
-    "column_order",
-    "layer_start",
-    "damped_hessian",
-    "least_squares_start",
-    "BLOCK_SIZE",
-    "RELATIVE_DAMPING",
-]
+__all__ = ["sparsegpt_prune", "sparsegpt_layer", "sparsegpt_choice", "BLOCK_SIZE"]
 
 BLOCK_SIZE = 128
-RELATIVE_DAMPING = 0.01  # lambda = 1% of the mean diagonal of H, as the paper
 
 
 def sparsegpt_prune(
@@ -109,18 +96,6 @@ def sparsegpt_prune(
     return kept, (w * kept).to(weight.dtype)
 
 
-def damped_hessian(hessian: torch.Tensor, relative_damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """H (..., d, d) in float64 with lambda = `relative_damping` x its mean diagonal added, and the dead inputs
-    (zero diagonal: always zero, they carry no information), whose diagonal is set to 1 first so H stays
-    invertible: (damped H, dead (..., d))."""
-    h = hessian.detach().to(torch.float64).clone()
-    diagonal = h.diagonal(dim1=-2, dim2=-1)  # (..., d), a view
-    dead = diagonal == 0
-    diagonal.add_(dead.double())
-    diagonal.add_(relative_damping * diagonal.mean(-1, keepdim=True))
-    return h, dead
-
-
 def _block_count(prune: int, d: int, start: int, end: int) -> int:
     """The block's share of the prune count, by cumulative rounding (the shares sum to `prune`)."""
     return round(prune * end / d) - round(prune * start / d)
@@ -149,17 +124,23 @@ def _nm_keep(group: torch.Tensor, inv_diag: torch.Tensor, kept: torch.Tensor, nm
     return keep
 
 
-def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+@register_mask_method(
+    "sparsegpt", in_loop=True, summary="SparseGPT: OBS updates column by column on the pruned path (moves weights)"
+)
+def sparsegpt_choice(problem: LayerProblem) -> MaskChoice:
+    return MaskChoice(*sparsegpt_layer(problem))
+
+
+def sparsegpt_layer(problem: LayerProblem) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one Linear/Conv2d layer of the loop, per group, on the pruned path's input columns:
     (keep-mask, weights), both shaped like the layer's weight."""
-    module, weight = inputs.module, inputs.weight
+    module, weight = problem.module, problem.dense_weight
     groups = module.groups if isinstance(module, nn.Conv2d) else 1
-    grams = inputs.grams or input_grams(module, inputs.x, inputs.x_reference, weight, inputs.batch_size)
-    gram, cross, _ = grams  # (groups, d, d), (groups, d, out/g)
-    rows = layer_start(inputs, gram, cross)  # (groups, out/g, d)
-    prior = None if inputs.prior is None else inputs.prior.reshape(rows.shape)
-    order = column_order(weight) if inputs.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
-    prune = weight.numel() - inputs.keep if inputs.nm is None else None
+    gram, cross, _ = problem.grams  # (groups, d, d), (groups, d, out/g)
+    rows = layer_start(problem, gram, cross)  # (groups, out/g, d)
+    prior = None if problem.prior is None else problem.prior.reshape(rows.shape)
+    order = column_order(weight) if problem.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
+    prune = weight.numel() - problem.keep if problem.nm is None else None
     masks, weights = [], []
     for g in range(groups):
         share = None if prune is None else round(prune * (g + 1) / groups) - round(prune * g / groups)
@@ -167,7 +148,7 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
             rows[g][:, order],
             2 * gram[g][order][:, order],
             prune=share,
-            nm=inputs.nm,
+            nm=problem.nm,
             prior=None if prior is None else prior[g][:, order],
         )
         inverse = torch.argsort(order)
@@ -175,34 +156,3 @@ def sparsegpt_layer(inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
         weights.append(solved[:, inverse])
     mask = torch.stack(masks).reshape(weight.shape)
     return mask, torch.stack(weights).reshape(weight.shape).to(weight.dtype)
-
-
-def layer_start(inputs: LayerInputs, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-    """The weights an in-loop method starts from, (groups, out/g, d) float64: a later pass's reconstructed
-    weights, else W* (the dense weights when the two paths agree)."""
-    weight = inputs.weight if inputs.start is None else inputs.start
-    groups = gram.shape[0]
-    rows = weight.reshape(groups, weight.shape[0] // groups, -1).double()  # (groups, out/g, d)
-    if inputs.start is not None or inputs.x_reference is inputs.x or torch.equal(inputs.x_reference, inputs.x):
-        return rows
-    return torch.stack([least_squares_start(rows[g], gram[g], cross[g]) for g in range(groups)])
-
-
-def column_order(weight: torch.Tensor) -> torch.Tensor:
-    """Column permutation putting a conv's im2col columns in (kernel row, kernel column, input channel) order."""
-    if weight.dim() == 2:
-        return torch.arange(weight.shape[1], device=weight.device)
-    c, kh, kw = weight.shape[1:]
-    return torch.arange(c * kh * kw, device=weight.device).view(c, kh, kw).permute(1, 2, 0).flatten()  # (d,)
-
-
-def least_squares_start(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-    """W* = W_dense (C + lambda I)(G + lambda I)^-1, minimising ||W X - W_dense X_t||^2 + lambda ||W - W_dense||^2
-    (C = X_t X^T; `cross` is C^T W_dense^T, (d, out/g))."""
-    ridge = RELATIVE_DAMPING * gram.diagonal().mean()  # H = 2G is damped by 2 ridge: the same lambda
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    factor, info = torch.linalg.cholesky_ex(gram + ridge * eye)  # (d, d)
-    if info:
-        return rows
-    # (G + lambda I) W*^T = X X_t^T W_dense^T + lambda W_dense^T, where X X_t^T W_dense^T is input_grams' cross
-    return torch.cholesky_solve(cross + ridge * rows.T, factor).T  # (out/g, d)

@@ -1,0 +1,54 @@
+"""Masks: which weights each layer keeps. One module per family, and the allocation of counts to layers.
+
+Convention: a mask is a bool tensor shaped like the weight, True = weight kept (torchao's convention;
+sparsegpt's ``mask1`` marks the opposite).
+
+Scoring and selection are separate. A scored mask method (`snows_core.masks.scored`) only scores
+(higher = more important):
+- ``magnitude``: |W|.
+- ``random``: uniform noise from the run's seed (a baseline).
+- ``wanda``: |W_ij| * ||X_j||_2, X_j the j-th input column seen by the layer on the calibration data
+  (Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs"); for a conv the columns are
+  the im2col columns (input channel, kernel row, kernel column). Scores are ranked per layer.
+- ``custom``: masks supplied by the user, checked for shape (and for the N:M pattern if one is set).
+
+Methods chosen *in the layer loop* see the pruned path and move the weights while they choose: they
+run just before the layer's reconstruction, on its pruned-path input, and return the mask together
+with their own weights, which become the reconstruction's starting point:
+- ``sparsegpt``: Frantar & Alistarh 2023, OBS updates column by column (`snows_core.masks.sparsegpt`).
+- ``obc``: Frantar & Alistarh 2022, exact OBS one weight at a time per row, the layer's prune count split
+  over rows by their step losses (`snows_core.masks.obc`); for layers of up to 1024 input columns per group.
+
+How many weights each layer keeps is the allocation's business (`snows_core.masks.allocation`:
+uniform, global, lamp, sensitivity; `list_allocations()`); in-loop methods are allocated by |W|.
+
+Both kinds take the layer's `LayerProblem` (`snows_core.engine.problem`); their registry is
+`snows_core.masks.method`, and the OBS algebra SparseGPT and OBC share is `snows_core.masks.obs`.
+
+Selection (`snows_core.masks.select`):
+- unstructured: each layer keeps its top `keep` scores, the count its allocation and the pass give it.
+- N:M: in every group of M consecutive input channels (per output channel and kernel position,
+  weight (out, in, kh, kw) grouped along ``in``; for Linear along input features) keep the top N.
+  This is the layout that sparse tensor cores accelerate.
+"""
+
+from snows_core.masks import obc, scored, sparsegpt  # noqa: F401  (register the methods)
+from snows_core.masks.allocation import list_allocations
+from snows_core.masks.method import MaskChoice, MaskMethod, get_mask_method, list_mask_methods, register_mask_method
+from snows_core.masks.scored import input_column_sq_norms
+from snows_core.masks.select import holds_nm, nm_mask, nm_skip_reason, top_count_mask, unstructured_mask
+
+__all__ = [
+    "MaskMethod",
+    "MaskChoice",
+    "list_allocations",
+    "register_mask_method",
+    "get_mask_method",
+    "list_mask_methods",
+    "unstructured_mask",
+    "nm_mask",
+    "holds_nm",
+    "top_count_mask",
+    "nm_skip_reason",
+    "input_column_sq_norms",
+]
