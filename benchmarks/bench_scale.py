@@ -16,7 +16,7 @@ and centre-cropped to 224, ImageNet normalisation) or a seeded random tensor.
    start's per-row Cholesky solves (out x (d/2)^3 / 3 for 2:4) do not depend on n_calib; the Gram
    matrices, window forwards and HVPs grow linearly with it.
 3. With --full: the whole model pruned (every block) at --full-at's n_calib and K: seconds and peak memory.
-4. With --speed: `snows_core.speed.measure` on the 2:4 model (dense vs 2:4 kernel on CUDA; 1.0x elsewhere).
+4. With --speed: `measure.speed.measure_speed` on the 2:4 model (dense vs 2:4 kernel on CUDA; 1.0x elsewhere).
 
 Memory does not grow with the number of layers pruned: activations live in `PrunedPath` (one for the
 pruned network, one for the dense targets), each holding only the live frontier on all calibration

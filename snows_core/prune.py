@@ -94,7 +94,7 @@ def prune_model(
             tic_layer = time.perf_counter()
             with PeakMemory(problem.module.weight.device) as memory:
                 window = net.load(node, problem)
-                problem = _choose_mask(net, problem, scores.get(node.target))
+                _choose_mask(net, problem, scores.get(node.target))
                 ops = [f"{op}:{kind}" for op, kind in window.ops]
                 emit(LayerStarted(node.target, index, len(net.nodes), ops, problem.mask_loss, stage))
                 solution = get_reconstruction(config.reconstruction)(problem, config, _staged(emit, stage))
@@ -397,7 +397,7 @@ def _set_target(problem: LayerProblem, final_keep: int, config: PruneConfig) -> 
         problem.nm = m - round((m - n) * fraction), m
 
 
-def _choose_mask(net: _Network, problem: LayerProblem, scores: torch.Tensor | None) -> LayerProblem:
+def _choose_mask(net: _Network, problem: LayerProblem, scores: torch.Tensor | None) -> None:
     """Set the problem's mask and start: a scored method's selection from its scores, the user's mask, or an
     in-loop method's choice (in a later pass, from whichever of its weights and the current ones is better)."""
     current = problem.weight.clone()
@@ -409,8 +409,7 @@ def _choose_mask(net: _Network, problem: LayerProblem, scores: torch.Tensor | No
         choice = MaskChoice(keep_mask(scores, problem.keep, problem.nm, problem.prior))
     problem.set_mask(choice.mask, current if choice.weight is None else choice.weight)
     if choice.weight is not None and problem.stage > 1:  # the previous pass's weights may be the better start
-        return min(problem, problem.with_mask(choice.mask, current), key=lambda p: p.start_loss)
-    return problem
+        problem.prefer_start(current)
 
 
 def _checked_custom(name: str, weight: torch.Tensor, custom_masks: dict[str, torch.Tensor]) -> torch.Tensor:

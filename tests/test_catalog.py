@@ -20,7 +20,7 @@ from snows_core.runs.door import MemoryFit, device_type, peak_bytes
 
 def test_the_snapshot_is_what_the_registries_say_now():
     fresh = catalog.dumps(catalog.build_snapshot())
-    assert fresh == catalog.SNAPSHOT.read_text(), "stale: run `python -m snows_core.catalog`"
+    assert fresh == catalog.SNAPSHOT.read_text(), "stale: run `python -m snows_core.io.catalog`"
 
 
 def test_the_snapshot_holds_each_zoo_models_shapes_and_footprint():

@@ -24,6 +24,7 @@ def test_the_golden_set_covers_every_mask_reconstruction_pattern_stage_and_alloc
 
 
 @needs_fashion
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "model", "overrides"), cases(), ids=[case for case, _, _ in cases()])
 def test_every_mask_and_weight_is_bit_for_bit_the_recorded_one(case, model, overrides):
     if rounding_fingerprint() != RECORD["fingerprint"]:

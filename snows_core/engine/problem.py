@@ -121,6 +121,12 @@ class LayerProblem:
         """The same layer, inputs and reference taps under another mask (and starting point)."""
         return copy.copy(self).set_mask(mask, start_weight)
 
+    def prefer_start(self, start_weight: torch.Tensor) -> None:
+        """Start from `start_weight` (times the mask) instead when its loss is lower; a tie keeps the start."""
+        other = self.with_mask(self.mask, start_weight)
+        if other.start_loss < self.start_loss:
+            self.start_weight, self.moved, self._start_loss = other.start_weight, other.moved, other.start_loss
+
     def with_window(self, window: Window, externals: list[object]) -> LayerProblem:
         """The same layer and inputs with another window (its reference taps computed by the dense weight)."""
         other = copy.copy(self)

@@ -11,7 +11,7 @@ if none passes).
 
 Three curvature products, exact where it matters:
 - ``exact``: H v by double backpropagation through the gradient graph, built once per Newton step.
-- ``tangent_curvature``: J^T D J v through the window's tangent program (`snows_core.tangent`); for a
+- ``tangent_curvature``: J^T D J v through the window's tangent program (`snows_core.engine.tangent`); for a
   piecewise-linear window (ReLU CNNs) this is the exact H v, and the engine runs it for both curvature
   options there: nothing differentiated twice.
 - ``gauss-newton``: J^T D J v, D = diag(2 / numel(y_t)). The window is z -> taps with z = layer(x, W)
@@ -211,7 +211,7 @@ def tangent_curvature(
         free: the point (n_free,).
         layer_of: free weights -> the layer's output z.
         linear_layer_of: free weights -> the layer's output without its bias (J_layer v).
-        window_at: z -> (taps, the window's tangent map at z), see `snows_core.tangent`.
+        window_at: z -> (taps, the window's tangent map at z), see `snows_core.engine.tangent`.
     """
     free = free.detach().requires_grad_(True)
     with torch.enable_grad():

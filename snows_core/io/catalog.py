@@ -3,7 +3,7 @@
 Checking a spec before it is stored (config names, the model's weights and state-dict shapes, its memory
 footprint) must stay light: importing torch and timm costs seconds per `submit`. So the facts of every
 built-in model, dataset, mask method, allocation and reconstruction are written to ``assets/catalog.json``
-by ``python -m snows_core.catalog`` (a test fails when the snapshot is stale).
+by ``python -m snows_core.io.catalog`` (a test fails when the snapshot is stale).
 
 A lookup reads the snapshot for the names it holds and the live registry for any other (a plug-in
 registered in this process; an unknown name gets the registry's own "must be one of" error). The list
@@ -72,10 +72,10 @@ def _describe_mask(method: Any) -> dict[str, Any]:
 
 KINDS: dict[str, Kind] = {
     "model": Kind("snows_core.models", "list_models", "model_info", "describe_model"),
-    "dataset": Kind("snows_core.data", "list_datasets", "dataset_info", lambda d: {"num_classes": d.num_classes}),
+    "dataset": Kind("snows_core.io.data", "list_datasets", "dataset_info", lambda d: {"num_classes": d.num_classes}),
     "mask": Kind("snows_core.masks", "list_mask_methods", "get_mask_method", _describe_mask),
-    "allocation": Kind("snows_core.allocation", "list_allocations", "get_allocation", lambda a: {}),
-    "reconstruction": Kind("snows_core.reconstruct", "list_reconstructions", "get_reconstruction", lambda r: {}),
+    "allocation": Kind("snows_core.masks.allocation", "list_allocations", "get_allocation", lambda a: {}),
+    "reconstruction": Kind("snows_core.engine.reconstruct", "list_reconstructions", "get_reconstruction", lambda r: {}),
 }
 
 
@@ -140,7 +140,7 @@ def _one_line(match: re.Match) -> str:
 
 
 def main() -> None:
-    """Write the snapshot (``python -m snows_core.catalog``) after adding or changing a registered entry."""
+    """Write the snapshot (``python -m snows_core.io.catalog``) after adding or changing a registered entry."""
     SNAPSHOT.write_text(dumps(build_snapshot()))
     print(f"wrote {SNAPSHOT}")
 

@@ -8,7 +8,7 @@ layer's input columns. For one row, pruning input p with the others re-fitted op
 (Optimal Brain Surgeon, Hassibi & Stork 1993). OBC prunes each row greedily, cheapest weight first, and
 takes p out of the inverse by a rank-one downdate, H^-1 -= [H^-1]_{:,p} [H^-1]_{p,:} / [H^-1]_pp: no
 matrix is re-inverted, and every step sees the exact inverse of what is left. SparseGPT
-(`snows_core.sparsegpt`) fixes the column order instead so that all rows share one inverse; OBC pays
+(`snows_core.masks.sparsegpt`) fixes the column order instead so that all rows share one inverse; OBC pays
 O(d^3) per row for choosing freely.
 
 Here: rows run as a batch, (rows, a, a), the a inputs still alive gathered to the front whenever a quarter

@@ -1,4 +1,4 @@
-"""SpeedReport: what `snows_core.speed.measure` found, as a plain JSON-ready record, and its figures in words.
+"""SpeedReport: what `measure_speed` found, as a plain JSON-ready record, and its figures in words.
 
 Free of torch, so the dashboard and the command line read stored reports without importing it.
 """

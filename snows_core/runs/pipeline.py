@@ -9,7 +9,7 @@ final masks), and final. With `spec.trajectory` it is also measured after each p
 changes only the layer being solved, so the network after layer i is the dense one with the final
 weights of layers 0..i, rebuilt here without touching the solve (with stages: the last pass's weights).
 With `spec.measure_speed` the pruned model is also timed against its dense execution on the run's
-device (`snows_core.speed.measure`, on the first SPEED_BATCH test images).
+device (`snows_core.measure.speed.measure_speed`, on the first SPEED_BATCH test images).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class RunSpec:
             target its suggested per-layer sparsities reach). Stored only when not "prune", so every spec
             from before kinds existed keeps its hash.
         measure_speed: after pruning, time the dense and the pruned model and size their weights
-            (`snows_core.speed.measure`); stored only when true, for the same reason.
+            (`snows_core.measure.speed.measure_speed`); stored only when true, for the same reason.
     """
 
     model: str
