@@ -1,6 +1,6 @@
 """Soak benchmark: submits from several processes while workers and the dispatcher are killed, runs are
-cancelled and bundles imported; then every run must have ended as what happened to it says, with its
-artifacts complete and nothing orphaned.
+cancelled or deleted in any state and bundles imported; then every run must have ended as what happened to it
+says, with its artifacts complete and nothing orphaned.
 
     .venv/bin/python benchmarks/bench_soak.py [--submitters 3] [--runs 8] [--seconds 600] [--seed 0]
 
@@ -8,8 +8,10 @@ Each submitter process submits `--runs` small mlp runs (distinct seeds, so none 
 random intervals. Meanwhile the chaos loop, every 1-3 s, does one of: SIGKILL a running worker (that run
 must end failed), SIGKILL the dispatcher (its workers are orphaned and finish; the next reader starts a
 new dispatcher for the queued runs), cancel a random unfinished run (a run cancelled while queued must
-end cancelled; one cancelled while running ends cancelled, or done/failed if it got there first), or
-import a finished run's bundle into a second store from two processes at once (one run, one refusal).
+end cancelled; one cancelled while running ends cancelled, or done/failed if it got there first), delete a
+random run whatever its state (queued, just claimed, running or finished: it must vanish with its folder while
+the queue goes on), or import a finished run's bundle into a second store from two processes at once (one
+run, one refusal).
 It stops when every run has ended or `--seconds` have passed, then checks:
 
 - every run is final; killed runs failed; runs cancelled while queued are cancelled; runs nothing
@@ -90,8 +92,9 @@ class Chaos:
         self.killed: set[str] = set()
         self.cancelled_queued: set[str] = set()
         self.cancelled_running: set[str] = set()
-        self.counts = {"kill worker": 0, "kill dispatcher": 0, "cancel": 0, "import race": 0}
+        self.counts = {"kill worker": 0, "kill dispatcher": 0, "cancel": 0, "delete": 0, "import race": 0}
         self.imported: set[str] = set()
+        self.deleted: dict[str, str] = {}  # run id -> its status when deleted
 
     def act(self) -> None:
         action = self.rng.choice(list(self.counts))
@@ -128,6 +131,15 @@ class Chaos:
         run = self.rng.choice(active)
         before = self.store.request_cancel(run["id"])
         (self.cancelled_queued if before == RunStatus.CANCELLED else self.cancelled_running).add(run["id"])
+        return True
+
+    def delete(self) -> bool:
+        runs = [r for r in self.store.list() if r["id"] not in self.imported]
+        if not runs:
+            return False
+        run = self.rng.choice(runs)
+        self.store.delete(run["id"])
+        self.deleted[run["id"]] = run["status"]
         return True
 
     def import_race(self) -> bool:
@@ -173,6 +185,8 @@ def problems(store: RunStore, other: RunStore, chaos: Chaos) -> list[str]:
         for path in runs_dir.iterdir() if runs_dir.is_dir() else []:
             if path.name not in ids:
                 found.append(f"{path} has no run row (orphaned or a staging folder)")
+    back = {r["id"] for r in store.list()} & set(chaos.deleted)
+    found += [f"{rid} was deleted ({chaos.deleted[rid]}) but came back" for rid in back]
     missing_imports = chaos.imported - {r["id"] for r in other.list()}
     found += [f"{rid} was imported twice at once and is not in the second store" for rid in missing_imports]
     return found
@@ -213,6 +227,8 @@ def main() -> int:
     print(f"home {home}: {len(statuses)} runs from {args.submitters} submitters in {time.monotonic() - tic:.0f} s")
     print("chaos: " + ", ".join(f"{name} x{count}" for name, count in chaos.counts.items()))
     print("ended: " + ", ".join(f"{s} {statuses.count(s)}" for s in FINAL) + f"; imported {len(other.list())}")
+    deleted = list(chaos.deleted.values())
+    print("deleted: " + ", ".join(f"{s} {deleted.count(s)}" for s in sorted(set(deleted))))
     print("\n".join(found) if found else "every run ended as what happened to it says; no artifact missing or orphaned")
     return 1 if found else 0
 

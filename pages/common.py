@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -108,6 +110,15 @@ def sidebar() -> None:
         running = frame[frame["status"] == RunStatus.RUNNING]
         for _, row in running.iterrows():
             st.progress(float(row["progress"]), text=f"{row['model']} {row['label']}")
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def escape_markdown(text: object) -> str:
+    """Stored text (a model name from an imported run, say) shown as text: markdown's specials escaped, so no
+    link, emphasis or HTML of its own renders (":" too: no bare URL turns into a link)."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 def percent(value: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages.common import ACTIVE, REFRESH_SECONDS, empty_state, percent, runs, store
+from pages.common import ACTIVE, REFRESH_SECONDS, empty_state, escape_markdown, percent, runs, store
 from snows_core.dashboard import charts
 from snows_core.dashboard.frames import (
     allocation_frame,
@@ -45,7 +45,7 @@ def header(row: pd.Series) -> None:
     pattern = config["pattern"] if config["pattern"] != "unstructured" else f"{config['sparsity']:.0%} unstructured"
     stages = config.get("stages", 1)
     st.markdown(
-        f"**{row['model']}** on {row['dataset']} · {pattern} ({config['allocation']}"
+        f"**{escape_markdown(row['model'])}** on {escape_markdown(row['dataset'])} · {pattern} ({config['allocation']}"
         + (f", {stages} stages" if stages > 1 else "")
         + f") · mask **{row['mask']}** · "
         f"reconstruction **{row['reconstruction']}**"
@@ -71,7 +71,7 @@ def header(row: pd.Series) -> None:
         st.error("The run failed.")
         st.code(row["error"] or "no error text")
     elif row["status"] == RunStatus.CANCELLED:
-        st.warning(f"Cancelled: {row['error'] or ''}")
+        st.warning(f"Cancelled: {escape_markdown(row['error'] or '')}")
 
 
 def body(row: pd.Series) -> None:
@@ -188,6 +188,10 @@ def newton_solve(steps: pd.DataFrame, events: list[dict]) -> None:
 def live() -> None:
     current = runs().set_index("id").loc[run_id]
     row = pd.concat([pd.Series({"id": run_id}), current])
+    if row["kind"] == "unreadable":
+        st.error(f"Run {run_id} cannot be shown: {escape_markdown(row['error'].removeprefix('unreadable: '))}")
+        st.page_link("pages/runs.py", label="Delete or export it on the Runs page", icon=":material/list:")
+        return
     header(row)
     body(row)
     if current["status"] != by_id.loc[run_id, "status"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import ACTIVE, REFRESH_SECONDS, any_active, empty_state, open_run, runs, store
+from pages.common import ACTIVE, REFRESH_SECONDS, any_active, empty_state, escape_markdown, open_run, runs, store
 from snows_core.runs import RunSpec, RunStatus
 from snows_core.runs.bundle import export_zip, import_zip
 from snows_core.runs.executor import submit
@@ -101,4 +101,4 @@ if upload is not None and st.button("Import", icon=":material/upload:"):
     try:
         st.success(f"Imported {import_zip(store(), upload.getvalue())}")
     except (ValueError, FileNotFoundError) as err:
-        st.error(f"Import failed: {err}")
+        st.error(f"Import failed: {escape_markdown(err)}")

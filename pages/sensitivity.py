@@ -8,7 +8,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from pages.common import ACTIVE, REFRESH_SECONDS, model_label, open_run, percent, runs, store, zoo
+from pages.common import ACTIVE, REFRESH_SECONDS, escape_markdown, model_label, open_run, percent, runs, store, zoo
 from snows_core.config import PruneConfig
 from snows_core.dashboard import charts
 from snows_core.dashboard.frames import sensitivity_frame
@@ -117,7 +117,7 @@ def live() -> None:
         total = row["layers_total"]
         st.progress(float(row["progress"]), text=f"{int(row['layers_done'])} of {total or '?'} layers scanned")
     elif run["status"] != "done":
-        st.warning(f"The scan ended {run['status']}: {run['error'] or ''}")
+        st.warning(f"The scan ended {run['status']}: {escape_markdown(run['error'] or '')}")
     if cells.empty:
         st.info(
             "No layer scanned yet: the scan is "

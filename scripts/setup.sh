@@ -24,3 +24,5 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+# snows_core itself, editable: a Dask scheduler or worker started from this .venv imports it from any folder
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

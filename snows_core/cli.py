@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from snows_core.config import PruneConfig
 from snows_core.events import Event
 from snows_core.io import catalog
-from snows_core.runs import RunSpec, RunStore
+from snows_core.runs import RunSpec, RunStore, StoreError, snows_home
 from snows_core.runs.executor import check_backend, list_backends, submit, tend_queue
 from snows_core.runs.spec import RUN_KINDS
 
@@ -193,6 +194,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     spec = _run_spec(args)
     check_runnable(spec)
+    _check_out(args.out)
     with ProgressBar() as bar:
         result, summary = run_spec(spec, bar)
     print(layer_table(result))
@@ -234,6 +236,18 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
         kind=getattr(args, "kind", "prune"),
         measure_speed=args.measure_speed,
     )
+
+
+def _check_out(folder: Path) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be written (it is created here)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; give a folder for the weights, masks and report")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {folder} cannot be written: {err.strerror or err}") from None
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -297,9 +311,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _reaped_store() -> RunStore:
-    store = RunStore()
-    tend_queue(store)
-    return store
+    """The store for a reader (list, status), its queue tended first; where tending cannot write (a full disk)
+    the store is opened read-only instead: the readers still answer."""
+    try:
+        store = RunStore()
+        tend_queue(store)
+        return store
+    except StoreError as err:
+        if not (snows_home() / "runs.db").is_file():  # no store to read either: say why it cannot be opened
+            raise
+        try:
+            return RunStore(readonly=True)
+        except StoreError:  # it cannot be read either (a corrupt file): the first reason is the one to give
+            raise err from None
 
 
 def _run_summaries(store: RunStore, runs: list[dict]) -> list[dict]:

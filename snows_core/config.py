@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -29,6 +30,9 @@ CURVATURES = ("exact", "gauss-newton")
 TARGETS = ("dense", "pruned-input", "official")
 DEVICES_HELP = '"auto", "cpu", "cuda" or "cuda:N"'
 _NM = re.compile(r"^(\d+):(\d+)$")
+#: Upper bounds on the counts a typo can blow up (a run of 10^12 stages would hold its worker for ever); each
+#: is far above what any recipe uses (the official SNOWS code: K up to 40, 500 CG iterations, 3 passes).
+MAXIMA = {"k": 1000, "newton_passes": 1000, "cg_iters": 100_000, "stages": 100, "batch_size": 1 << 20}
 
 
 def parse_nm(pattern: str) -> tuple[int, int] | None:
@@ -110,6 +114,8 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         if self.layers is not None and not isinstance(self.layers, tuple):
+            if isinstance(self.layers, str | bytes) or not isinstance(self.layers, Iterable):
+                raise ValueError(f"layers must be a list of layer names or None; got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(self.layers))
         nm = parse_nm(self.pattern)
         if nm is not None and self.sparsity is None:
@@ -138,6 +144,8 @@ class PruneConfig:
         _require_choice("targets", self.targets, TARGETS)
         for name in ("k", "n_calib", "batch_size", "newton_passes", "cg_iters", "stages", "seed"):
             _require_int(name, getattr(self, name), minimum=0 if name in ("k", "seed") else 1)
+            if getattr(self, name) > MAXIMA.get(name, 2**63):
+                raise ValueError(f"{name} must be at most {MAXIMA[name]:,}; got {getattr(self, name):,}")
         _require_number("curvature_fraction", self.curvature_fraction, "a number in (0, 1]")
         if not 0.0 < self.curvature_fraction <= 1.0:
             raise ValueError(f"curvature_fraction must be in (0, 1]; got {self.curvature_fraction}")
@@ -175,8 +183,6 @@ class PruneConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown PruneConfig field(s) {unknown}; known fields: {sorted(known)}")
-        if data.get("layers") is not None:
-            data["layers"] = tuple(data["layers"])
         return cls(**data)
 
 

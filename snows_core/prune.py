@@ -30,7 +30,6 @@ import torch.fx as fx
 import torch.nn as nn
 
 from snows_core.config import PruneConfig
-from snows_core.engine.columns import columns_unsupported
 from snows_core.engine.device import resolve_device
 from snows_core.engine.graph import PrunedPath, default_layers, prunable_nodes, trace
 from snows_core.engine.problem import LayerProblem, load_inputs
@@ -48,6 +47,7 @@ from snows_core.events import (
 )
 from snows_core.masks import MaskChoice, MaskMethod, get_mask_method, holds_nm, input_column_sq_norms
 from snows_core.masks.allocation import AllocationInputs, SensitivityScan, get_allocation, sensitivity_counts
+from snows_core.masks.method import layer_refusal
 from snows_core.masks.select import keep_mask, nm_skip_reason
 from snows_core.measure.memory import PeakMemory
 from snows_core.report import LayerReport, PruneResult
@@ -309,18 +309,10 @@ def _select_layers(
 
 
 def _check_layer_support(gm: fx.GraphModule, nodes: list[fx.Node], config: PruneConfig) -> None:
-    """Refuse, before any work, a layer the mask method or the reconstruction cannot handle (both read its
-    input columns)."""
-    method = get_mask_method(config.mask)
-    needs = [("mask", config.mask)] if method.in_loop else []
-    if config.reconstruction == "lstsq" or (config.reconstruction == "snows" and config.warm_start):
-        needs.append(("reconstruction", config.reconstruction))
-    for node in nodes if needs else []:
-        module = gm.get_submodule(node.target)
-        reason = columns_unsupported(module) or (method.unsupported and method.unsupported(module))
-        if reason:
-            field_name, value = needs[0]
-            raise ValueError(f"{field_name} {value!r} cannot handle layer {node.target}: {reason}")
+    """Refuse, before any work, a layer the mask method or the reconstruction cannot handle."""
+    reason = layer_refusal(config, {node.target: gm.get_submodule(node.target) for node in nodes})
+    if reason:
+        raise ValueError(reason)
 
 
 def _wanted_layers(
@@ -416,6 +408,8 @@ def _checked_custom(name: str, weight: torch.Tensor, custom_masks: dict[str, tor
     mask = torch.as_tensor(custom_masks[name])
     if tuple(mask.shape) != tuple(weight.shape):
         raise ValueError(f"custom mask for {name} has shape {tuple(mask.shape)}; the weight is {tuple(weight.shape)}")
+    if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"custom mask for {name} must hold only True/False (or 1/0); it holds other values")
     return mask.to(weight.device).bool()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from snows_core import PruneConfig
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.process import exclusive
 from tests.store_fixtures import LAYERS, add_sensitivity_run, add_staged_run, populate, result, solve_events
@@ -262,3 +263,40 @@ def test_run_detail_shows_the_measured_speed_or_how_to_get_it(home):
     store.finish(untimed, RunStatus.DONE, {**result(0.9), "speed": {"error": "speed not measured: CUDA out of memory"}})
     at = open_page("run_detail", run=untimed)
     assert [w.value for w in at.warning] == ["speed not measured: CUDA out of memory"]
+
+
+def poison(home: Path) -> list[str]:
+    """Runs whose rows no page can read as they are: a config of a newer schema, a time out of any calendar."""
+    store = RunStore(home)
+    newer, far = (
+        store.create(RunSpec("mlp", config=PruneConfig(sparsity=0.5, n_calib=64, seed=i)), "v") for i in (1, 2)
+    )
+    for run_id in (newer, far):
+        store.finish(run_id, RunStatus.DONE, result(0.8))
+    with store._connect() as db:
+        spec = json.loads(db.execute("SELECT spec FROM runs WHERE id = ?", (newer,)).fetchone()[0])
+        spec["config"]["schema_version"] = 99
+        db.execute("UPDATE runs SET spec = ? WHERE id = ?", (json.dumps(spec), newer))
+        db.execute("UPDATE runs SET created = 1e300 WHERE id = ?", (far,))
+    return [newer, far]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_one_unreadable_run_never_breaks_a_page(home, page):
+    populate(home)
+    newer, far = poison(home)
+    at = open_page(page, run=far)
+    assert at.title
+    if page == "runs":
+        table = at.dataframe[0].value
+        assert {newer, far} <= set(table["run"] if "run" in table else table["id"])
+
+
+def test_a_model_name_holding_markdown_is_shown_as_text(home):
+    store = RunStore(home)
+    model = "timm:x [CLICK-ME](https://example.invalid/)"
+    run = store.create(RunSpec(model, dataset="fashion-mnist", config=PruneConfig(sparsity=0.5, n_calib=64)), "v")
+    store.finish(run, RunStatus.FAILED, error="stood in")
+    at = open_page("run_detail", run=run)
+    shown = " ".join(m.value for m in at.markdown)
+    assert "[CLICK-ME](https" not in shown and r"\[CLICK\-ME\]\(https\:" in shown

@@ -186,6 +186,17 @@ def tamper(out, edit) -> None:
         (lambda m: {**m, "run": [m["run"]]}, "run must be an object"),
         (lambda m: [m], "bundle.json must be an object"),
         (lambda m: {**m, "spec": "mlp"}, "spec must be an object"),
+        (lambda m: {**m, "run": {**m["run"], "created": 1e300}}, "created must be a time"),
+        (lambda m: {**m, "run": {**m["run"], "created": -1e18}}, "created must be a time"),
+        (lambda m: {**m, "run": {**m["run"], "finished": float("inf")}}, "finished must be a time"),
+        (lambda m: {**m, "result": {**m["result"], "top1_final": 1e300}}, "top1_final must lie in [0, 1]"),
+        (lambda m: {**m, "result": {**m["result"], "sparsity": -5}}, "sparsity must lie in [0, 1]"),
+        (lambda m: {**m, "result": {**m["result"], "seconds": -1}}, "seconds must be a finite number >= 0"),
+        (lambda m: {**m, "spec": {**m["spec"], "extra": 1}}, "unknown run spec field(s) ['extra']"),
+        (lambda m: {**m, "spec": {k: v for k, v in m["spec"].items() if k != "model"}}, "a run spec needs a model"),
+        (lambda m: {**m, "spec": {**m["spec"], "config": "fast"}}, "config must be an object; got str"),
+        (lambda m: {**m, "spec": {**m["spec"], "config": [1]}}, "config must be an object; got list"),
+        (lambda m: {**m, "spec": {**m["spec"], "config": {"layers": 5}}}, "layers must be a list of layer names"),
     ],
 )
 def test_an_ill_typed_bundle_is_refused_and_stores_nothing(finished, tmp_path, edit, message):
@@ -198,6 +209,27 @@ def test_an_ill_typed_bundle_is_refused_and_stores_nothing(finished, tmp_path, e
     assert other.list() == [] and not (other.home / "runs").exists()
 
 
+@pytest.mark.parametrize("report", ["[1, 2]", '{"layers": [1]}', '{"layers": "all"}'])
+def test_a_bundle_whose_report_is_not_a_report_is_refused(finished, tmp_path, report):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    (out / "report.json").write_text(report)
+    other = RunStore(tmp_path / "other")
+    with pytest.raises(ValueError, match="report.json"):
+        import_bundle(other, out)
+    assert other.list() == []
+
+
+def test_a_run_whose_stored_report_is_broken_still_exports(finished, tmp_path):
+    store, run = finished
+    out = export_bundle(store, run, tmp_path / "bundle")
+    imported = import_bundle(RunStore(tmp_path / "other"), out)
+    other = RunStore(tmp_path / "other")
+    (other.run_dir(imported) / "report.json").write_text('{"layers": [1]}')  # imported before the check existed
+    again = export_bundle(other, imported, tmp_path / "again")
+    assert json.loads((again / "layers.json").read_text()) == [] and (again / "bundle.json").is_file()
+
+
 @pytest.mark.parametrize(
     "line,message",
     [
@@ -205,6 +237,7 @@ def test_an_ill_typed_bundle_is_refused_and_stores_nothing(finished, tmp_path, e
         ('{"kind": "newton_step", "time": 1.0, "loss": "low"}', "'loss' has the wrong type"),
         ('{"kind": "layer_done", "time": "noon"}', "time must be a number"),
         ("{not json", "line 1 is not JSON"),
+        ('{"kind": "layer_done", "time": NaN}', "time must be a number"),
     ],
 )
 def test_an_events_line_that_is_not_an_event_is_refused(finished, tmp_path, line, message):
@@ -283,3 +316,16 @@ def test_a_zip_round_trips_and_hostile_archives_are_refused_before_extraction(fi
     with pytest.raises(ValueError, match="not a zip archive"):
         import_zip(fresh, b"PK\x03\x04 truncated")
     assert fresh.list() == [] and not (fresh.home / "runs").exists()
+
+
+def test_export_into_an_existing_file_is_refused_in_one_line(finished, tmp_path, monkeypatch, capsys):
+    from snows_core.cli import main
+
+    store, run = finished
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    with pytest.raises(ValueError, match="is a file"):
+        export_bundle(store, run, taken)
+    monkeypatch.setenv("SNOWS_HOME", str(store.home))
+    assert main(["export", run, "--out", str(taken)]) == 2
+    assert "is a file" in capsys.readouterr().err and taken.read_text() == "keep me"

@@ -40,7 +40,8 @@ def test_a_plug_in_registered_here_is_known_and_an_unknown_name_lists_the_known_
     monkeypatch.setitem(
         _MASK_METHODS.entries, "mine", MaskMethod("mine", lambda inputs: inputs.weight, user_supplied=True)
     )
-    assert "mine" in catalog.names("mask") and catalog.entry("mask", "mine") == {"user_supplied": True}
+    assert "mine" in catalog.names("mask")
+    assert catalog.entry("mask", "mine") == {"user_supplied": True, "refuses_layers": False}
     with pytest.raises(ValueError, match="stages must be 1 with mask 'mine'"):
         PruneConfig(mask="mine", stages=2)
     with pytest.raises(ValueError, match=r"^mask must be one of 'custom', .*; got 'nosuch'$"):

@@ -80,3 +80,11 @@ def test_prune_and_a_queued_run_of_the_same_spec_give_the_same_result(tmp_path, 
     assert set(queued) <= set(cli_report)
     for key in ("top1_dense", "top1_mask_only", "top1_final", "calib_ids", "eval_images", "sparsity"):
         assert cli_report[key] == queued[key], key
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "passwd"
+    taken.write_text("root:x:0:0")
+    assert main(["prune", "--model", "mlp", "--n-calib", "32", "--eval-size", "16", "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and err.count("\n") == 1 and taken.read_text() == "root:x:0:0"

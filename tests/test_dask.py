@@ -89,3 +89,81 @@ def test_bad_executor_settings_are_refused_and_store_nothing(home, flags, messag
     p = cli("submit", *QUICK, *[f.format(port=port) for f in flags])
     assert p.returncode != 0 and message in p.stderr
     assert json.loads(cli("list", "--json").stdout) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def separate_cluster(tmp_path_factory):
+    """`dask scheduler` and `dask worker` started as the README says, each its own process from the set-up's venv,
+    in a folder away from the repository: they import snows_core as installed, never from their working folder."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    dask = str(Path(sys.executable).parent / "dask")
+    folder, address = tmp_path_factory.mktemp("cluster"), f"tcp://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    log = open(folder / "cluster.log", "w")  # noqa: SIM115  (closed after both processes end)
+    port = address.rsplit(":", 1)[1]
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"], cwd=folder, env=env, stderr=log
+    )
+    worker = subprocess.Popen(
+        [dask, "worker", address, "--nthreads", "1", "--no-dashboard"], cwd=folder, env=env, stderr=log
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with distributed.Client(address, timeout="5s") as client:
+                    if client.scheduler_info()["workers"]:
+                        break
+            except (OSError, TimeoutError):
+                pass
+            assert time.time() < deadline, (folder / "cluster.log").read_text()[-2000:]
+            time.sleep(1)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(30)
+        log.close()
+
+
+def test_a_run_goes_through_a_scheduler_and_worker_started_by_hand(home, separate_cluster):
+    p = cli("submit", *QUICK, "--executor", "dask", "--scheduler", separate_cluster)
+    assert p.returncode == 0, p.stderr
+    run = p.stdout.strip()
+    status = wait_for(run, lambda s: s["status"] in ("done", "failed", "cancelled"))
+    assert status["status"] == "done", status["error"]
+    assert (home / "runs" / run / "model.safetensors").is_file()
+
+
+def test_a_cluster_with_another_snows_core_is_refused_before_anything_is_stored(home, cluster, monkeypatch):
+    from snows_core.runs import dask_executor
+
+    monkeypatch.setattr(dask_executor, "__version__", "9.9.9")
+    with pytest.raises(ValueError, match="has snows_core 0.1.0, this one is 9.9.9: install this repository there"):
+        dask_executor.check_scheduler(cluster[0])
+    assert RunStore(home).list() == []
+
+
+def test_the_version_probe_runs_where_snows_core_cannot_be_imported():
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    from snows_core.runs.dask_executor import _VERSION_PROBE
+
+    code = (
+        "import sys, cloudpickle; sys.modules['snows_core'] = None; print(cloudpickle.loads(sys.stdin.buffer.read())())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(_VERSION_PROBE), capture_output=True)
+    assert out.stdout.decode().startswith("cannot import snows_core"), out.stderr.decode()

@@ -3,6 +3,7 @@ that cannot start here, with one line naming the field and exit code 2, and stor
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ def checkpoints(folder) -> dict[str, str]:
     state = create_model("mlp").state_dict()
     torch.save(state, folder / "good.th")
     files = {"empty": b"", "truncated": (folder / "good.th").read_bytes()[:200], "code": pickle.dumps(Payload())}
+    files |= {"hello": b"hello world", "text": b"a text file\nwith two lines\n"}  # no pickle at all
     for name, data in files.items():
         (folder / f"{name}.th").write_bytes(data)
     torch.save({k: v[..., :1] if v.dim() > 1 else v for k, v in state.items()}, folder / "shape.th")
@@ -46,6 +48,9 @@ def checkpoints(folder) -> dict[str, str]:
         ("submit", ["--checkpoint", "{empty}"], "cannot read checkpoint"),
         ("submit", ["--checkpoint", "{truncated}"], "cannot read checkpoint"),
         ("submit", ["--checkpoint", "{code}"], "cannot read checkpoint"),
+        ("submit", ["--checkpoint", "{hello}"], "not a torch checkpoint or safetensors file"),
+        ("submit", ["--checkpoint", "{text}"], "not a torch checkpoint or safetensors file"),
+        ("prune", ["--checkpoint", "{text}"], "not a torch checkpoint or safetensors file"),
         ("submit", ["--checkpoint", "{shape}"], "shape"),
         ("submit", ["--checkpoint", "{missing}"], "does not exist"),
         ("submit", HUGE, "memory: the forecast peak is"),
@@ -103,3 +108,75 @@ def test_the_python_api_checks_memory_unless_forced(home):
         run = submit(store, spec, force=True)
         assert store.get(run)["status"] == "queued"
         store.request_cancel(run)
+
+
+def npz(folder, name: str, **splits) -> str:
+    """An .npz of 1-channel 28x28 images (8 train, 4 test) with labels 0..3, with `splits` replacing members."""
+    members = {
+        "train_x": np.zeros((8, 1, 28, 28), np.uint8),
+        "train_y": np.arange(8) % 4,
+        "test_x": np.zeros((4, 1, 28, 28), np.uint8),
+        "test_y": np.arange(4),
+    }
+    path = folder / f"{name}.npz"
+    np.savez(path, **(members | splits))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "members,message",
+    [
+        ({}, None),
+        ({"test_x": np.zeros((0, 1, 28, 28), "uint8"), "test_y": []}, "test split holds no image"),
+        ({"train_x": np.zeros((8, 3, 28, 28), "uint8")}, "has 3 channel(s); the model takes 1"),
+        ({"train_y": [0, 1, 2]}, "train_y holds (3,) labels for 8 images"),
+        ({"test_y": [0, 1, 2, 255]}, "labels run from 0 to 255; classes are 0 to 9"),
+        ({"test_y": [0.0, 1.0, float("nan"), 3.0]}, "test_y must hold integer class labels"),
+        (
+            {"train_x": np.zeros((8, 1, 32, 32), np.uint8), "test_x": np.zeros((4, 1, 32, 32), np.uint8)},
+            "images are (1, 32, 32) (C, H, W); mlp takes (1, 28, 28) and fails on them",
+        ),
+    ],
+)
+def test_a_dataset_file_a_run_could_only_fail_on_is_refused_at_the_door(home, tmp_path, capsys, members, message):
+    flags = ["submit", "--model", "mlp", "--n-calib", "8", "--dataset", "cifar10"]
+    with exclusive(home / "dispatcher.lock"):  # stands for a busy dispatcher: nothing starts an accepted run
+        code = main([*flags, "--data-root", npz(tmp_path, "data", **members)])
+    err = capsys.readouterr().err
+    assert (code, message is None or message in err) == ((0, True) if message is None else (2, True)), err
+    assert len(RunStore(home).list()) == (message is None)
+
+
+def test_a_mask_a_queued_run_cannot_use_is_refused_at_the_door(home, capsys):
+    assert main(["submit", *QUICK, "--mask", "custom"]) == 2
+    assert "custom_masks" in capsys.readouterr().err and RunStore(home).list() == []
+
+
+@pytest.mark.slow
+def test_obc_on_a_model_with_a_layer_too_wide_for_it_is_refused_at_the_door(home, shared, capsys):
+    data = ["--dataset", "cifar10", "--data-root", str(shared / "data" / "cifar10-subset.npz"), "--n-calib", "64"]
+    assert main(["submit", "--model", "torchvision:resnet18", *data, "--mask", "obc"]) == 2
+    err = capsys.readouterr().err
+    assert "mask 'obc' cannot handle layer layer" in err and err.count("\n") == 1
+    assert RunStore(home).list() == []
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--stages", "1000000000000"], "stages must be at most 100"),
+        (["--cg-iters", str(10**9)], "cg_iters must be at most 100,000"),
+        (["--k", str(10**6)], "k must be at most 1,000"),
+    ],
+)
+def test_a_count_a_typo_blew_up_is_refused(home, capsys, flags, message):
+    assert main(["submit", *QUICK[:4], "--n-calib", "64", *flags]) == 2
+    assert message in capsys.readouterr().err and RunStore(home).list() == []
+
+
+def test_a_sweep_of_a_million_runs_is_refused_before_any_is_built(home, capsys):
+    hundred = ",".join(map(str, range(100)))
+    flags = ["--seed", hundred, "--k", hundred, "--cg-iters", ",".join(map(str, range(1, 101)))]
+    assert main(["sweep", *QUICK[:4], "--n-calib", "64", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "the sweep has 1,000,000 runs" in err and "at most 1,000" in err and RunStore(home).list() == []

@@ -264,3 +264,22 @@ def test_runs_repeated_on_the_same_seeds_are_comparable_by_design():
     assert seed_repeats(unbalanced) == [] and any(r.startswith("seed") for r in comparability(unbalanced))
     one_seed = runs[runs["seed"] == 0]
     assert seed_repeats(one_seed) == [] and comparability(one_seed) == []
+
+
+@pytest.mark.parametrize("created", [1e300, -1e18])
+def test_a_run_with_a_time_no_calendar_holds_still_makes_a_frame(home, created):
+    store = RunStore(home)
+    run = store.create(RunSpec("mlp", config=PruneConfig(sparsity=0.5, n_calib=64)), "v")
+    with store._connect() as db:  # what an imported bundle with "created": 1e300 stored
+        db.execute("UPDATE runs SET created = ? WHERE id = ?", (created, run))
+    frame = runs_frame(store)
+    assert frame["id"].tolist() == [run] and frame["created"].isna().all()
+
+
+def test_accuracy_against_k_without_a_snows_run_is_an_empty_chart():
+    runs = pd.DataFrame(
+        {"id": ["a"], "reconstruction": ["none"], "mask": ["magnitude"], "sparsity": [0.5], "k": [3]}
+        | {"top1_final": [0.8], "top1_dense": [0.9], "label": ["magnitude, none"]}
+    )
+    figure = charts.accuracy_vs_k(runs)
+    assert len(figure.data) == 0

@@ -166,3 +166,12 @@ def test_every_registered_mask_method_keeps_the_exact_count(tiny_resnet, mask):
     result = prune_model(tiny_resnet, calib, PruneConfig(sparsity=0.5, mask=mask, reconstruction="none", n_calib=16))
     assert set(result.masks) == {"c1", "c2"}
     assert all(int(keep.sum()) == keep.numel() // 2 for keep in result.masks.values())
+
+
+@pytest.mark.parametrize("value", [2.0, float("nan")])
+def test_a_custom_mask_of_other_values_than_keep_and_prune_is_refused(tiny_resnet, value):
+    masks = {name: torch.ones_like(getattr(tiny_resnet, name).weight) for name in ("c1", "c2")}
+    masks["c2"][0, 0, 0, 0] = value
+    config = PruneConfig(mask="custom", reconstruction="none", n_calib=8)
+    with pytest.raises(ValueError, match="custom mask for c2 must hold only True/False"):
+        prune_model(tiny_resnet, torch.randn(8, 3, 8, 8), config, custom_masks=masks)

@@ -305,3 +305,102 @@ def test_a_worker_whose_claim_is_gone_runs_nothing(tmp_path):
     store.mark_dead(lambda pid, since: True, stale_after=-1.0)  # queued again before its worker started
     worker_main(str(tmp_path), run, claim)
     assert store.get(run)["status"] == "queued" and store.get(run)["worker_pid"] is None and store.events(run) == []
+
+
+@pytest.mark.parametrize("name", ["what?", "a#b", "100%", "sp ace"])
+def test_a_read_only_store_whose_path_holds_uri_characters_is_read(tmp_path, monkeypatch, name):
+    home = tmp_path / name
+    run = RunStore(home).create(spec(), "v1")
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    store = RunStore(home)
+    assert store.readonly and [r["id"] for r in store.list()] == [run]
+
+
+def test_a_run_deleted_at_any_moment_leaves_the_dispatcher_serving(tmp_path):
+    """Deleted after its worker ended, while it runs, or between the claim and the worker's start."""
+    from snows_core.runs.local import _collect
+
+    class Worker:
+        def __init__(self, alive: bool) -> None:
+            self.alive, self.exitcode, self.terminated = alive, 0, False
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+        def join(self, timeout: float | None = None) -> None:
+            self.alive = False
+
+        def terminate(self) -> None:
+            self.terminated = True
+
+    store = RunStore(tmp_path)
+    ended, running, waiting = (store.create(spec(seed=i), "v1") for i in range(3))
+    workers = {}
+    for run_id, alive in ((ended, False), (running, True)):
+        assert store.claim_next(pid=0)["id"] == run_id
+        workers[run_id] = Worker(alive)
+    store.finish(ended, RunStatus.DONE, {})
+    store.delete(ended)  # what the Runs page's Delete does the moment a run is done
+    store.delete(running)
+    live = dict(workers)
+    _collect(store, live)
+    assert live == {} and workers[running].terminated and not workers[ended].terminated
+    assert store.claim_next(pid=0)["id"] == waiting  # the queue goes on
+
+
+def test_an_empty_snows_home_means_the_default_not_the_current_folder(monkeypatch):
+    from pathlib import Path
+
+    from snows_core.runs import snows_home
+
+    monkeypatch.setenv("SNOWS_HOME", "")
+    assert snows_home() == Path.home() / ".snows"
+
+
+def test_a_worker_that_runs_out_of_disk_records_disk_full_in_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import snows_core.runs.pipeline
+    from snows_core.runs.local import worker_main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "model.safetensors")
+
+    monkeypatch.setattr(snows_core.runs.pipeline, "execute", full)
+    store = RunStore(tmp_path)
+    store.create(spec(), "v1")
+    run = store.claim_next(pid=0)
+    worker_main(str(tmp_path), run["id"], run["started"])
+    ended = store.get(run["id"])
+    assert ended["status"] == "failed" and ended["error"].startswith("disk full: [Errno 28] No space left on device")
+    assert "\n" not in ended["error"]
+
+
+def test_a_dead_worker_on_a_full_disk_is_recorded_as_such(tmp_path, monkeypatch):
+    import shutil
+
+    from snows_core.runs.local import _death
+
+    store = RunStore(tmp_path)
+    assert _death(store, -9) == "worker died (exit code -9)"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    assert _death(store, -9) == "worker died (exit code -9); the disk holding the run store is full"
+
+
+def test_list_and_status_answer_when_the_store_cannot_be_written(tmp_path, monkeypatch, capsys):
+    import json
+    import sqlite3
+
+    from snows_core.cli import main
+
+    store = RunStore(tmp_path)
+    run = store.create(spec(), "v1")
+    monkeypatch.setenv("SNOWS_HOME", str(tmp_path))
+
+    def disk_full(self):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(RunStore, "_migrate", disk_full)  # opening for writing fails, as on a full disk
+    assert main(["list", "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [run]
+    assert main(["status", run]) == 0 and "queued" in capsys.readouterr().out

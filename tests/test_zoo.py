@@ -127,3 +127,9 @@ def test_calibration_sample_is_seeded_and_bad_names_are_refused():
     with pytest.raises(ValueError, match="split"):
         load_dataset("fashion-mnist", "val")
     assert {"fashion-mnist", "cifar10", "imagefolder"} <= set(list_datasets())
+
+
+def test_a_wrong_data_root_for_fashion_mnist_is_an_error_not_a_download(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_dataset("fashion-mnist", "train", root=tmp_path / "nowhere")
+    assert not any(tmp_path.rglob("*.gz"))

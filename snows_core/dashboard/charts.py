@@ -383,9 +383,8 @@ def accuracy_vs_sparsity(runs: pd.DataFrame) -> go.Figure:
 
 def accuracy_vs_k(runs: pd.DataFrame) -> go.Figure:
     """Top-1 of SNOWS runs against the depth K, one curve per mask method x sparsity."""
-    snows = runs[runs["reconstruction"] == "snows"].assign(
-        label=lambda f: f["mask"] + " @ " + f["sparsity"].map("{:.2f}".format)
-    )
+    snows = runs[runs["reconstruction"] == "snows"]
+    snows = snows.assign(label=[f"{m} @ {s:.2f}" for m, s in zip(snows["mask"], snows["sparsity"], strict=True)])
     fig = _series(_figure("Top-1 against depth K", "K", "top-1"), snows, "k")
     _dense_line(fig, runs)
     return fig

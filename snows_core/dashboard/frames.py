@@ -63,9 +63,26 @@ COMPARABLE_ON = {  # column: what differs when it does
 def runs_frame(store: RunStore) -> pd.DataFrame:
     """Every run, newest first, with its progress and (when done) its results."""
     progress, results = store.progress(), store.results()
-    rows = [_run_row(run, progress.get(run["id"], (0, None)), results.get(run["id"]) or {}) for run in store.list()]
+    rows = [
+        _readable_row(run, progress.get(run["id"], (0, None)), results.get(run["id"]) or {}) for run in store.list()
+    ]
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
     return frame.iloc[::-1].reset_index(drop=True)
+
+
+def _readable_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict[str, Any]) -> dict[str, Any]:
+    """The run's row, or, when what it stores cannot be read (a newer schema, an imported row of the wrong
+    shape), a row of kind "unreadable" with its id, status and the reason: a page never fails for one run, and
+    the Runs page can still delete or export it."""
+    try:
+        return _run_row(run, progress, result)
+    except Exception as err:  # whatever one stored row holds
+        reason = f"unreadable: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        row = dict.fromkeys(RUN_COLUMNS)
+        spec = run.get("spec") if isinstance(run.get("spec"), dict) else {}
+        row |= {"id": run.get("id"), "kind": "unreadable", "status": run.get("status"), "progress": 0.0}
+        row |= {"model": str(spec.get("model", "?")), "created": _utc(run.get("created")), "error": reason}
+        return row | {"label": reason}
 
 
 def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +110,7 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
         "layers_done": done,
         "layers_total": total,
         "sweep_id": run["sweep_id"],
-        "created": datetime.fromtimestamp(run["created"], UTC),
+        "created": _utc(run["created"]),
         "version": run["version"],
         "calib_digest": result.get("calib_digest"),
         "eval_subset": result.get("eval_subset"),
@@ -105,6 +122,14 @@ def _run_row(run: dict[str, Any], progress: tuple[int, int | None], result: dict
     }
     row["label"] = series_label(row) if row["kind"] == "prune" else f"sensitivity of {series_label(row)}"
     return row
+
+
+def _utc(seconds: object) -> datetime | None:
+    """A stored time as a UTC datetime; None where it is no time a calendar holds (an imported 1e300, say)."""
+    try:
+        return datetime.fromtimestamp(float(seconds), UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
 
 
 def reconstruction_label(reconstruction: str, k: int, stages: int = 1) -> str:

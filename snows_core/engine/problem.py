@@ -73,6 +73,7 @@ class LayerProblem:
     reference: list[torch.Tensor] = field(default_factory=list)  # (N, ...) each: the values to reconstruct
     # 4. the mask and the starting point
     mask: torch.Tensor | None = None  # bool like the weight; True = kept
+    free_index: torch.Tensor | None = None  # (n_free,) flat positions of the kept weights: what the solver moves
     start_weight: torch.Tensor | None = None  # where reconstruction starts, zero outside the mask
     moved: bool = False  # the start is not the plain masked dense weight
     _grams: tuple[torch.Tensor, torch.Tensor, int] | None = None
@@ -109,7 +110,7 @@ class LayerProblem:
         """Fix the objective's mask and starting point (None: the dense weight times the mask)."""
         self._to_solver_layout()
         self.mask = mask
-        self.free_index = mask.flatten().nonzero().squeeze(1)  # (n_free,) positions of kept weights
+        self.free_index = mask.flatten().nonzero().squeeze(1)  # (n_free,)
         masked = self.dense_weight * mask
         start = masked if start_weight is None else start_weight * mask
         self.moved = not torch.equal(start, masked)

@@ -67,7 +67,7 @@ class Kind:
 
 
 def _describe_mask(method: Any) -> dict[str, Any]:
-    return {"user_supplied": method.user_supplied}
+    return {"user_supplied": method.user_supplied, "refuses_layers": method.unsupported is not None}
 
 
 KINDS: dict[str, Kind] = {

@@ -52,6 +52,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, SafetensorError, RuntimeError, ValueError, EOFError, OSError) as err:
         raise ValueError(f"cannot read checkpoint {path}: {first_line(err)}") from err
+    except Exception as err:  # the weights-only unpickler meets a file that is no pickle (a text file, say)
+        kind = f"{type(err).__name__}: {first_line(err)}"
+        raise ValueError(f"cannot read checkpoint {path}: not a torch checkpoint or safetensors file ({kind})") from err
     state = _unwrapped(state)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"checkpoint {path} holds no state_dict of tensors")

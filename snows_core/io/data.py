@@ -201,8 +201,8 @@ def _torchvision_fallback(
     from torchvision import datasets
 
     folder = root or Path.home() / ".cache" / "snows" / cls.lower()
-    try:
-        raw = getattr(datasets, cls)(str(folder), train=split == "train", download=True)
+    try:  # a folder the user named is read as it is: a wrong one is an error, never a download into it
+        raw = getattr(datasets, cls)(str(folder), train=split == "train", download=root is None)
     except Exception as err:  # torchvision raises URLError, RuntimeError, OSError... all mean "not here"
         raise FileNotFoundError(f"{hint}. (Downloading with torchvision failed: {err})") from err
     images = torch.as_tensor(np.asarray(raw.data))

@@ -13,10 +13,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from snows_core.config import PruneConfig
+from snows_core.engine.columns import columns_unsupported
 from snows_core.engine.problem import LayerProblem
 from snows_core.registry import Registry
 
-__all__ = ["MaskMethod", "MaskChoice", "register_mask_method", "get_mask_method", "list_mask_methods"]
+__all__ = [
+    "MaskMethod",
+    "MaskChoice",
+    "register_mask_method",
+    "get_mask_method",
+    "list_mask_methods",
+    "layer_refusal",
+]
 
 
 @dataclass
@@ -72,3 +81,18 @@ def register_mask_method(
 
 get_mask_method = _MASK_METHODS.get
 list_mask_methods = _MASK_METHODS.names
+
+
+def layer_refusal(config: PruneConfig, layers: dict[str, nn.Module]) -> str | None:
+    """Why `config` cannot prune one of `layers` ({name: module}): its in-loop mask method refuses it, or the
+    method or the reconstruction needs input columns the layer has none of; None when every layer is fine."""
+    method = get_mask_method(config.mask)
+    needs = [("mask", config.mask)] if method.in_loop else []
+    if config.reconstruction == "lstsq" or (config.reconstruction == "snows" and config.warm_start):
+        needs.append(("reconstruction", config.reconstruction))
+    for name, module in layers.items() if needs else []:
+        reason = columns_unsupported(module) or (method.unsupported and method.unsupported(module))
+        if reason:
+            field_name, value = needs[0]
+            return f"{field_name} {value!r} cannot handle layer {name}: {reason}"
+    return None

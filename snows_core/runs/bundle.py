@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from snows_core.runs.schema import check_event, check_result, check_run
+from snows_core.runs.schema import check_event, check_report, check_result, check_run
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import FINAL, RunStore
 
@@ -63,6 +63,8 @@ def export_bundle(store: RunStore, run_id: str, out: str | Path) -> Path:
     run = store.get(run_id)
     if run["status"] not in FINAL:
         raise ValueError(f"run {run_id} is {run['status']}; export it when it has finished")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export folder {out} is a file; give a new or empty folder")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"export folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,9 @@ def _read_bundle(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], di
         raise ValueError(f"bundle spec must be an object; got {type(run['spec']).__name__}")
     RunSpec.from_dict(run["spec"])
     check_result(bundle.get("result"), run["status"])
+    report = folder / "report.json"
+    if report.is_file() and not report.is_symlink():
+        check_report(_json(report.read_text(), "report.json"))
     events_file = folder / "events.jsonl"
     lines = events_file.read_text().splitlines() if events_file.is_file() and not events_file.is_symlink() else []
     events = []
@@ -219,9 +224,13 @@ def _json(text: str, where: str) -> Any:
 
 
 def _layers(report: Path) -> list[dict[str, Any]]:
-    if not report.is_file():
+    """The per-layer rows of a run's report.json: none when it is missing or not of the report's shape."""
+    try:
+        content = json.loads(report.read_text()) if report.is_file() else {}
+        check_report(content)
+    except ValueError:  # an import from before report.json was checked: export the rest as it is
         return []
-    return json.loads(report.read_text()).get("layers", [])
+    return content.get("layers", [])
 
 
 def _origin(bundle: dict[str, Any], folder: Path) -> str:

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from snows_core import __version__
 from snows_core.runs.pipeline import execute
 from snows_core.runs.process import (
     CANCEL_GRACE_SECONDS,
@@ -47,15 +48,44 @@ CONNECT_TIMEOUT = "10s"
 
 
 def check_scheduler(address: str) -> None:
-    """Refuse an address that is not a reachable Dask scheduler (before anything is stored)."""
+    """Refuse, before anything is stored, an address that is not a reachable Dask scheduler, or a cluster whose
+    scheduler or workers cannot import this snows_core version (the scheduler unpickles every task's graph)."""
     distributed = _distributed()
     if not address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
         raise ValueError(f"scheduler must be an address such as tcp://HOST:8786; got {address!r}")
     try:
-        with distributed.Client(address, timeout=CONNECT_TIMEOUT):
-            pass
+        with distributed.Client(address, timeout=CONNECT_TIMEOUT) as client:
+            found = {"the scheduler": client.run_on_scheduler(_VERSION_PROBE)}
+            found |= {f"worker {worker}": version for worker, version in client.run(_VERSION_PROBE).items()}
     except (OSError, TimeoutError) as err:
         raise ValueError(f"scheduler {address} cannot be reached: {err}") from err
+    wrong = {where: version for where, version in found.items() if version != __version__}
+    if wrong:
+        where, version = next(iter(wrong.items()))
+        raise ValueError(
+            f"{where} of {address} {version if version.startswith('cannot') else f'has snows_core {version}'}, "
+            f"this one is {__version__}: install this repository there (pip install -e PATH) and start "
+            "the scheduler and workers from that environment (see the README's Dask section)"
+        )
+
+
+def _version_probe() -> Any:
+    """A function that reports the snows_core version where it runs, sent by value: the other side needs no
+    snows_core to unpickle it (a function of this module would be sent by reference)."""
+    source = (
+        "def probe():\n"
+        "    try:\n"
+        "        import snows_core\n"
+        "    except ImportError as err:\n"
+        "        return f'cannot import snows_core ({err})'\n"
+        "    return snows_core.__version__\n"
+    )
+    namespace: dict[str, Any] = {"__name__": "snows_version_probe"}
+    exec(source, namespace)  # a module no other process has: cloudpickle sends the function's code itself
+    return namespace["probe"]
+
+
+_VERSION_PROBE = _version_probe()
 
 
 def ensure_bridge(home: Path, address: str) -> None:
@@ -125,12 +155,16 @@ class _Bridge:
                 self.store.set_worker(run_id, event["pid"])
             by_run.setdefault(run_id, []).append(event)
         for run_id, events in by_run.items():
-            self.store.append_events(run_id, events)
+            if self.store.has(run_id):  # a run deleted meanwhile takes no more events
+                self.store.append_events(run_id, events)
 
     def _beat(self) -> None:
         distributed = _distributed()
         for run_id, future in self.futures.items():
             self.store.heartbeat(run_id)
+            if not self.store.has(run_id):
+                future.cancel()  # deleted: nobody reads what it would compute
+                continue
             if not self.store.cancel_requested(run_id):
                 continue
             first = self.cancel_seen.setdefault(run_id, time.monotonic())
@@ -150,6 +184,8 @@ class _Bridge:
             else:
                 text = "".join(traceback.format_exception(type(error), error, future.traceback()))
                 finish_or_log(self.store, run_id, RunStatus.FAILED, error=text)
+        elif not self.store.has(run_id):
+            pass  # deleted while it ran: its artifacts have nowhere to go
         else:
             outcome = future.result()
             out_dir = self.store.run_dir(run_id)

@@ -23,7 +23,7 @@ from snows_core.config import PruneConfig
 from snows_core.io import catalog
 from snows_core.io.catalog import Footprint
 from snows_core.io.checkpoint import check_shapes, state_shapes
-from snows_core.io.datafiles import split_size
+from snows_core.io.datafiles import check_npz, npz_split_shape, split_size
 from snows_core.runs.spec import RunSpec
 
 __all__ = [
@@ -51,10 +51,12 @@ def check_inputs(spec: RunSpec, *, force: bool = False) -> None:
 
 
 def check_runnable(spec: RunSpec) -> None:
-    """Device, model, checkpoint and data: what `RunSpec.inputs_key` names (a sweep checks one per key)."""
+    """Device, model, checkpoint, data and the mask method's reach: what `RunSpec.inputs_key` names (a sweep
+    checks one per key)."""
     device_type(spec.config.device)
     _check_model(spec)
     _check_data(spec)
+    _check_mask(spec)
 
 
 def device_type(device: str) -> str:
@@ -102,6 +104,57 @@ def _check_data(spec: RunSpec) -> None:
         size = len(load_dataset(spec.dataset, "train", root))  # raises naming what to install or where
     if spec.config.n_calib > size:
         raise ValueError(f"n_calib is {spec.config.n_calib} but the {spec.dataset} train split holds {size}")
+    if root is not None and root.suffix == ".npz":
+        expected = None if catalog.hub_of(spec.model) else tuple(catalog.entry("model", spec.model)["input_size"])
+        classes = catalog.entry("dataset", spec.dataset)["num_classes"]
+        check_npz(root, num_classes=classes, channels=None if expected is None else expected[0])
+        image = tuple(npz_split_shape(root, "train")[1:])
+        if expected is not None and image != expected:
+            _check_input_size(spec.model, image, expected)
+
+
+def _check_input_size(model: str, image: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """Images of another size than the model's own: fine for a network that pools (a CNN), refused for one that
+    cannot take them (an MLP, a ViT), as a forward of one such image with random weights tells."""
+    import torch
+
+    from snows_core.io.checkpoint import first_line
+    from snows_core.models import create_model
+
+    try:
+        with torch.no_grad():
+            create_model(model, pretrained=False).eval()(torch.zeros(1, *image))
+    except Exception as err:  # whatever the architecture raises on the wrong shape
+        reason = first_line(err)
+        raise ValueError(
+            f"images are {image} (C, H, W); {model} takes {expected} and fails on them: {reason}"
+        ) from None
+
+
+def _check_mask(spec: RunSpec) -> None:
+    """A mask only Python can pass (custom), or an in-loop method that refuses one of the layers to prune
+    (OBC's column limit): refused here, not as a failed run."""
+    mask = spec.config.mask
+    if catalog.entry("mask", mask)["user_supplied"]:
+        raise ValueError(
+            f"mask {mask!r} takes masks passed in Python (prune_model(..., custom_masks=...)); a queued "
+            "run has no way to receive them"
+        )
+    if catalog.entry("mask", mask)["refuses_layers"]:
+        from snows_core.engine.graph import default_layers, trace
+        from snows_core.masks.method import layer_refusal
+        from snows_core.models import create_model
+
+        gm = trace(create_model(spec.model, pretrained=False))
+        names = [n for n in spec.config.layers or default_layers(gm) if _holds_pattern(gm, n, spec.config.nm)]
+        reason = layer_refusal(spec.config, {name: gm.get_submodule(name) for name in names})
+        if reason:
+            raise ValueError(reason)
+
+
+def _holds_pattern(gm: object, name: str, nm: tuple[int, int] | None) -> bool:
+    """Whether the layer is pruned under the pattern (an N:M pattern skips layers whose input it cannot group)."""
+    return nm is None or gm.get_submodule(name).weight.shape[1] % nm[1] == 0
 
 
 @dataclass(frozen=True)

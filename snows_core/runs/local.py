@@ -17,8 +17,10 @@ what every reader of the store calls when runs wait, and it must not cost a torc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import multiprocessing
 import os
+import shutil
 import sys
 import threading
 import time
@@ -42,6 +44,8 @@ from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = ["ensure_dispatcher", "dispatch", "worker_main", "free_gpu", "placed"]
+
+DISK_FULL_BYTES = 1 << 20  # less free space than this where the store lives reads as a full disk
 
 
 def ensure_dispatcher(home: Path) -> None:
@@ -86,19 +90,31 @@ def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
 
 
 def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> None:
+    """Reap ended workers and cancelled runs; a run deleted meanwhile (at any moment) just loses its worker."""
     fail_dead(store)
     for run_id, process in list(workers.items()):
-        run = store.get(run_id)
+        run = store.find(run_id)
         if not process.is_alive():
             process.join()
             del workers[run_id]
-            if run["status"] == RunStatus.RUNNING.value:
-                store.finish(run_id, RunStatus.FAILED, error=f"worker died (exit code {process.exitcode})")
+            if run is not None and run["status"] == RunStatus.RUNNING.value:
+                store.finish(run_id, RunStatus.FAILED, error=_death(store, process.exitcode))
+        elif run is None:  # deleted while it ran: nobody reads what it would write, and nothing it wrote stays
+            process.terminate()
+            process.join(5)
+            del workers[run_id]
+            shutil.rmtree(store.run_dir(run_id), ignore_errors=True)
         elif run["cancel_requested"] and time.time() - (run["cancel_time"] or time.time()) > CANCEL_GRACE_SECONDS:
             process.terminate()
             process.join(5)
             store.finish(run_id, RunStatus.CANCELLED, error="terminated after the cancel request")
             del workers[run_id]
+
+
+def _death(store: RunStore, exitcode: int | None) -> str:
+    """Why a worker ended without recording its run: its exit code, and a full disk when the store's is."""
+    full = shutil.disk_usage(store.home).free < DISK_FULL_BYTES
+    return f"worker died (exit code {exitcode})" + ("; the disk holding the run store is full" if full else "")
 
 
 def _gpu_count() -> int:
@@ -134,7 +150,11 @@ def worker_main(home: str, run_id: str, claimed: float, gpu: int | None = None) 
     _limit_threads()
     stop = threading.Event()
     threading.Thread(target=_beat, args=(store, run_id, stop), daemon=True).start()
-    spec = placed(RunSpec.from_dict(store.get(run_id)["spec"]), gpu)
+    run = store.find(run_id)
+    if run is None:  # deleted between the claim and this start
+        stop.set()
+        return
+    spec = placed(RunSpec.from_dict(run["spec"]), gpu)
 
     def record(event: Event) -> None:
         store.append_event(run_id, event.kind, event.to_dict())
@@ -149,6 +169,9 @@ def worker_main(home: str, run_id: str, claimed: float, gpu: int | None = None) 
         finish_or_log(store, run_id, RunStatus.DONE, result)
     except RunCancelled:
         finish_or_log(store, run_id, RunStatus.CANCELLED, error="cancelled by request")
+    except OSError as err:  # the machine's, not the code's: one line, "disk full" where it is
+        reason = "disk full" if err.errno == errno.ENOSPC else type(err).__name__
+        finish_or_log(store, run_id, RunStatus.FAILED, error=f"{reason}: {err}")
     except BaseException:
         finish_or_log(store, run_id, RunStatus.FAILED, error=traceback.format_exc())
     finally:

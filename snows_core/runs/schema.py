@@ -17,7 +17,7 @@ from typing import Any
 from snows_core.events import EVENT_TYPES
 from snows_core.runs.store import FINAL
 
-__all__ = ["check_run", "check_result", "check_event", "conforms"]
+__all__ = ["check_run", "check_result", "check_event", "check_report", "conforms"]
 
 Number = float  # JSON numbers: int or float (never bool)
 
@@ -35,6 +35,10 @@ RUN_FIELDS: dict[str, Any] = {
     "spec_hash": str,
 }
 REQUIRED_RUN_FIELDS = ("id", "status", "version", "created")
+TIME_FIELDS = ("created", "started", "finished")
+LATEST_TIME = 253_402_300_799  # the last second of year 9999: the calendar a datetime holds
+FRACTIONS = ("top1_dense", "top1_mask_only", "top1_final", "sparsity")  # in [0, 1], as is each layer_sparsity
+COUNTS = ("eval_images", "prune_seconds", "seconds", "peak_mem")  # never negative
 RESULT_FIELDS: dict[str, Any] = {
     "top1_dense": Number,
     "top1_mask_only": Number,
@@ -84,8 +88,10 @@ def check_run(run: Any) -> None:
     if missing:
         raise ValueError(f"bundle.json lacks {', '.join(missing)}")
     _check_fields("bundle run", run, RUN_FIELDS)
-    if not math.isfinite(run["created"]):
-        raise ValueError(f"bundle run created must be a time; got {run['created']!r}")
+    for key in TIME_FIELDS:
+        value = run.get(key)
+        if value is not None and not (math.isfinite(value) and 0 <= value <= LATEST_TIME):
+            raise ValueError(f"bundle run {key} must be a time (seconds since 1970, before year 10000); got {value!r}")
     if run["status"] not in FINAL:
         raise ValueError(f"only finished runs can be imported; this one is {run['status']!r}")
 
@@ -97,6 +103,25 @@ def check_result(result: Any, status: str) -> None:
     if not isinstance(result, dict):
         raise ValueError(f"bundle result must be an object; got {type(result).__name__}")
     _check_fields("bundle result", result, RESULT_FIELDS)
+    fractions = {key: result.get(key) for key in FRACTIONS} | {
+        f"layer_sparsity[{name!r}]": value for name, value in (result.get("layer_sparsity") or {}).items()
+    }
+    for key, value in fractions.items():
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+            raise ValueError(f"bundle result {key} must lie in [0, 1]; got {value!r}")
+    for key in COUNTS:
+        value = result.get(key)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"bundle result {key} must be a finite number >= 0; got {value!r}")
+
+
+def check_report(report: Any) -> None:
+    """Refuse a report.json that is not an object whose "layers" (when present) is a list of objects."""
+    if not isinstance(report, dict):
+        raise ValueError(f"report.json must be an object; got {type(report).__name__}")
+    layers = report.get("layers", [])
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise ValueError("report.json layers must be a list of objects, one per layer")
 
 
 def check_event(event: Any, line: int) -> None:
@@ -105,7 +130,7 @@ def check_event(event: Any, line: int) -> None:
     where = f"events.jsonl line {line}"
     if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
         raise ValueError(f"{where} must be an object with a kind")
-    if not conforms(event.get("time"), Number):
+    if not conforms(event.get("time"), Number) or not math.isfinite(event["time"]):
         raise ValueError(f"{where}: time must be a number; got {event.get('time')!r}")
     kind = EVENT_TYPES.get(event["kind"])
     if kind is not None:

@@ -107,8 +107,21 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        """Inverse of `to_dict`; a dict of the wrong shape (unknown or missing fields, a config that is no
+        object) is refused with one line naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a run spec must be an object; got {type(data).__name__}")
         data = pop_schema_version(data, SPEC_SCHEMA_VERSION)
-        data["config"] = PruneConfig.from_dict(data.get("config", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown run spec field(s) {unknown}; known fields: {sorted(known)}")
+        if "model" not in data:
+            raise ValueError("a run spec needs a model")
+        config = data.get("config", {})
+        if not isinstance(config, dict):
+            raise ValueError(f"a run spec's config must be an object; got {type(config).__name__}")
+        data["config"] = PruneConfig.from_dict(config)
         return cls(**data)
 
     def content_hash(self) -> str:

@@ -83,18 +83,20 @@ FINAL = (RunStatus.DONE.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value
 
 
 def snows_home() -> Path:
-    """$SNOWS_HOME, or ~/.snows."""
-    return Path(os.environ.get("SNOWS_HOME", Path.home() / ".snows"))
+    """$SNOWS_HOME, or ~/.snows when it is unset or empty (an empty one would mean the current folder)."""
+    return Path(os.environ.get("SNOWS_HOME") or Path.home() / ".snows")
 
 
 class RunStore:
     """Runs, events and results in one SQLite file; safe for many processes at once."""
 
-    def __init__(self, home: str | Path | None = None) -> None:
+    def __init__(self, home: str | Path | None = None, *, readonly: bool = False) -> None:
         self.home = Path(home) if home is not None else snows_home()
         self.path = self.home / "runs.db"
-        # a home we cannot write (an archive, a colleague's store) is still readable: list, status, charts
-        self.readonly = self.path.is_file() and not (os.access(self.home, os.W_OK) and os.access(self.path, os.W_OK))
+        # a home we cannot write (an archive, a colleague's store) is still readable: list, status, charts;
+        # `readonly` opens one that could be written without writing (a reader on a full disk)
+        unwritable = not (os.access(self.home, os.W_OK) and os.access(self.path, os.W_OK))
+        self.readonly = self.path.is_file() and (readonly or unwritable)
         try:
             if self.readonly:
                 with self._connect():  # a corrupt file fails here, not at the first read
@@ -142,12 +144,13 @@ class RunStore:
 
     def _open_connection(self) -> sqlite3.Connection:
         if self.readonly:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            uri = self.path.resolve().as_uri()  # percent-encoded: a "?", "#" or "%" in the path is part of it
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
             try:
                 db.execute("SELECT 1 FROM runs LIMIT 1")  # reads the WAL through its -shm file, when it may
             except sqlite3.OperationalError:  # no -shm, none to create here: the main file as it is
                 db.close()
-                db = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+                db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
         else:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA foreign_keys=ON")
@@ -204,11 +207,16 @@ class RunStore:
             return db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
 
     def get(self, run_id: str) -> dict[str, Any]:
+        run = self.find(run_id)
+        if run is None:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+        return run
+
+    def find(self, run_id: str) -> dict[str, Any] | None:
+        """The run, or None when there is none by that id (never was, or deleted)."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no run {run_id!r} in {self.path}")
-        return _run_dict(row)
+        return None if row is None else _run_dict(row)
 
     def list(
         self, status: str | None = None, executor: str | None = None, scheduler: str | None = None
@@ -246,7 +254,8 @@ class RunStore:
                 "UPDATE runs SET status = 'running', worker_pid = ?, started = ?, heartbeat = ? WHERE id = ?",
                 (pid, now, now, row["id"]),
             )
-        return self.get(row["id"])
+            claimed = db.execute("SELECT * FROM runs WHERE id = ?", (row["id"],)).fetchone()  # as the claim left it
+        return _run_dict(claimed)
 
     def set_worker(self, run_id: str, pid: int) -> None:
         with self._connect() as db:

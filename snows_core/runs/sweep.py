@@ -10,17 +10,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
 
-__all__ = ["grid_specs", "sweep_id", "submit_all"]
+__all__ = ["grid_specs", "sweep_id", "submit_all", "MAX_SWEEP_RUNS"]
+
+MAX_SWEEP_RUNS = 1000  # more is a typo, not a plan: refused before a single spec is built
 
 
 def grid_specs(base: RunSpec, axes: dict[str, Sequence[Any]]) -> list[RunSpec]:
-    """Every combination of the PruneConfig values in `axes` applied to `base` (each validated), duplicates dropped."""
+    """Every combination of the PruneConfig values in `axes` applied to `base` (each validated), duplicates dropped;
+    more than MAX_SWEEP_RUNS combinations are refused before any is built."""
+    combinations = math.prod(len(values) for values in axes.values())
+    if combinations > MAX_SWEEP_RUNS:
+        sizes = " x ".join(f"{len(values)} {name}" for name, values in axes.items() if len(values) > 1)
+        raise ValueError(f"the sweep has {combinations:,} runs ({sizes}): at most {MAX_SWEEP_RUNS:,}; split it")
     specs: dict[str, RunSpec] = {}
     for values in itertools.product(*axes.values()):
         changes = dict(zip(axes, values, strict=True))
