@@ -404,3 +404,16 @@ def test_list_and_status_answer_when_the_store_cannot_be_written(tmp_path, monke
     assert main(["list", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [run]
     assert main(["status", run]) == 0 and "queued" in capsys.readouterr().out
+
+
+def test_a_worker_whose_run_was_deleted_between_claim_and_start_exits_quietly(tmp_path):
+    from snows_core.runs.local import worker_main
+
+    store = RunStore(tmp_path)
+    queued, claimed = (store.create(spec(seed=i), "v1") for i in range(2))
+    store.delete(queued)  # deleted while it waited: the queue just loses it
+    run = store.claim_next(pid=0)
+    assert run["id"] == claimed
+    store.delete(claimed)
+    worker_main(str(tmp_path), claimed, run["started"])  # adopts nothing: returns without running or writing
+    assert store.list() == [] and not store.run_dir(claimed).exists()
