@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from snows_core.config import upgrade_config_dict
+from snows_core.io.checkpoint import first_line
 from snows_core.runs.store import RunStatus, RunStore
 
 __all__ = [
@@ -77,7 +78,7 @@ def _readable_row(run: dict[str, Any], progress: tuple[int, int | None], result:
     try:
         return _run_row(run, progress, result)
     except Exception as err:  # whatever one stored row holds
-        reason = f"unreadable: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        reason = f"unreadable: {type(err).__name__}: {first_line(err)}"
         row = dict.fromkeys(RUN_COLUMNS)
         spec = run.get("spec") if isinstance(run.get("spec"), dict) else {}
         row |= {"id": run.get("id"), "kind": "unreadable", "status": run.get("status"), "progress": 0.0}

@@ -85,18 +85,19 @@ def npz_split_shape(path: Path, split: str) -> tuple[int, ...]:
     return shape
 
 
-def check_npz(path: Path, *, num_classes: int, channels: int | None = None) -> None:
+def check_npz(path: Path, *, num_classes: int, channels: int | None = None) -> tuple[int, ...]:
     """Refuse an .npz whose splits cannot serve a run: an empty split, labels that are not one integer per
     image in [0, num_classes), or images with another channel count than the model takes. The labels are read
-    (they are small); the images only from their headers."""
-    for split in SPLITS:
-        shape = npz_split_shape(path, split)
+    (they are small); the images only from their headers. Returns the train images' (C, H, W)."""
+    shapes = {split: npz_split_shape(path, split) for split in SPLITS}
+    with np.load(path, allow_pickle=False) as archive:
+        all_labels = {split: archive[f"{split}_y"] for split in SPLITS}
+    for split, shape in shapes.items():
         if shape[0] == 0:
             raise ValueError(f"{path}: the {split} split holds no image")
         if channels is not None and shape[1] != channels:
             raise ValueError(f"{path}: {split}_x has {shape[1]} channel(s); the model takes {channels}")
-        with np.load(path, allow_pickle=False) as archive:
-            labels = archive[f"{split}_y"]
+        labels = all_labels[split]
         if labels.shape != (shape[0],):
             raise ValueError(f"{path}: {split}_y holds {labels.shape} labels for {shape[0]} images; one each")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -104,6 +105,7 @@ def check_npz(path: Path, *, num_classes: int, channels: int | None = None) -> N
         if num_classes and (labels.min() < 0 or labels.max() >= num_classes):
             low, high = int(labels.min()), int(labels.max())
             raise ValueError(f"{path}: {split}_y labels run from {low} to {high}; classes are 0 to {num_classes - 1}")
+    return tuple(shapes["train"][1:])
 
 
 def _fashion_mnist_size(split: str, root: Path | None) -> int | None:

@@ -3,14 +3,8 @@
 Convention: a mask is a bool tensor shaped like the weight, True = weight kept (torchao's convention;
 sparsegpt's ``mask1`` marks the opposite).
 
-Scoring and selection are separate. A scored mask method (`snows_core.masks.scored`) only scores
-(higher = more important):
-- ``magnitude``: |W|.
-- ``random``: uniform noise from the run's seed (a baseline).
-- ``wanda``: |W_ij| * ||X_j||_2, X_j the j-th input column seen by the layer on the calibration data
-  (Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs"); for a conv the columns are
-  the im2col columns (input channel, kernel row, kernel column). Scores are ranked per layer.
-- ``custom``: masks supplied by the user, checked for shape (and for the N:M pattern if one is set).
+Scoring and selection are separate. A scored mask method only scores (higher = more important):
+``magnitude``, ``random``, ``wanda`` and ``custom`` (see `snows_core.masks.scored`).
 
 Methods chosen *in the layer loop* see the pruned path and move the weights while they choose: they
 run just before the layer's reconstruction, on its pruned-path input, and return the mask together

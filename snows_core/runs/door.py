@@ -23,7 +23,7 @@ from snows_core.config import PruneConfig
 from snows_core.io import catalog
 from snows_core.io.catalog import Footprint
 from snows_core.io.checkpoint import check_shapes, state_shapes
-from snows_core.io.datafiles import check_npz, npz_split_shape, split_size
+from snows_core.io.datafiles import check_npz, split_size
 from snows_core.runs.spec import RunSpec
 
 __all__ = [
@@ -107,8 +107,7 @@ def _check_data(spec: RunSpec) -> None:
     if root is not None and root.suffix == ".npz":
         expected = None if catalog.hub_of(spec.model) else tuple(catalog.entry("model", spec.model)["input_size"])
         classes = catalog.entry("dataset", spec.dataset)["num_classes"]
-        check_npz(root, num_classes=classes, channels=None if expected is None else expected[0])
-        image = tuple(npz_split_shape(root, "train")[1:])
+        image = check_npz(root, num_classes=classes, channels=None if expected is None else expected[0])
         if expected is not None and image != expected:
             _check_input_size(spec.model, image, expected)
 
@@ -134,27 +133,25 @@ def _check_input_size(model: str, image: tuple[int, ...], expected: tuple[int, .
 def _check_mask(spec: RunSpec) -> None:
     """A mask only Python can pass (custom), or an in-loop method that refuses one of the layers to prune
     (OBC's column limit): refused here, not as a failed run."""
-    mask = spec.config.mask
-    if catalog.entry("mask", mask)["user_supplied"]:
+    mask, entry = spec.config.mask, catalog.entry("mask", spec.config.mask)
+    if entry["user_supplied"]:
         raise ValueError(
             f"mask {mask!r} takes masks passed in Python (prune_model(..., custom_masks=...)); a queued "
             "run has no way to receive them"
         )
-    if catalog.entry("mask", mask)["refuses_layers"]:
+    if entry["refuses_layers"]:
         from snows_core.engine.graph import default_layers, trace
         from snows_core.masks.method import layer_refusal
+        from snows_core.masks.select import nm_skip_reason
         from snows_core.models import create_model
 
         gm = trace(create_model(spec.model, pretrained=False))
-        names = [n for n in spec.config.layers or default_layers(gm) if _holds_pattern(gm, n, spec.config.nm)]
-        reason = layer_refusal(spec.config, {name: gm.get_submodule(name) for name in names})
+        layers = {name: gm.get_submodule(name) for name in spec.config.layers or default_layers(gm)}
+        nm = spec.config.nm  # an N:M pattern skips the layers it cannot group, as prune_model does
+        pruned = {name: m for name, m in layers.items() if not (nm and nm_skip_reason(m.weight.shape, nm[1]))}
+        reason = layer_refusal(spec.config, pruned)
         if reason:
             raise ValueError(reason)
-
-
-def _holds_pattern(gm: object, name: str, nm: tuple[int, int] | None) -> bool:
-    """Whether the layer is pruned under the pattern (an N:M pattern skips layers whose input it cannot group)."""
-    return nm is None or gm.get_submodule(name).weight.shape[1] % nm[1] == 0
 
 
 @dataclass(frozen=True)
