@@ -13,6 +13,7 @@ from snows_core.engine.reconstruct import list_reconstructions
 from snows_core.io.data import list_datasets
 from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
+from snows_core.recipes import get_recipe
 from snows_core.runs import RunSpec
 from snows_core.runs.door import check_runnable
 from snows_core.runs.executor import reusable_run
@@ -20,56 +21,39 @@ from snows_core.runs.sweep import grid_specs, submit_all
 
 DEFAULTS = PruneConfig()
 OWN_DATASET = "(the model's own)"
-PRESETS = {
+PRESETS = {  # label -> the recipe (`snows_core.recipes`) with its overrides, then the form's other fields
     "Teaching demo (under a minute on a laptop CPU)": {
+        "recipe": ("teaching", {}),
         "model": "resnet20",
-        "masks": ["magnitude"],
-        "reconstructions": ["snows"],
-        "sparsities": "0.9",
-        "ks": "3",
-        "n_calib": 128,
         "eval_size": 1000,
     },
     "Magnitude vs Wanda at K = 0 and 3 (resnet20)": {
+        "recipe": ("default", {}),
         "model": "resnet20",
         "masks": ["magnitude", "wanda"],
-        "reconstructions": ["snows"],
         "sparsities": "0.5, 0.7, 0.9",
         "ks": "0, 3",
-        "n_calib": 256,
         "eval_size": 1000,
     },
-    "Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)": {
+    "Best at high sparsity: window-OBC masks, 90% in 5 gradual stages (resnet20)": {
+        "recipe": ("best", {"sparsity": 0.9}),
         "model": "resnet20",
-        "masks": ["obc"],
-        "reconstructions": ["snows"],
-        "sparsities": "0.9",
-        "ks": "3",
-        "stages": 5,
-        "n_calib": 256,
+        "eval_size": 1000,
+    },
+    "Best at 2:4 (resnet20)": {
+        "recipe": ("best", {"pattern": "2:4"}),
+        "model": "resnet20",
         "eval_size": 1000,
     },
     "Official SNOWS: the paper code's objective and settings, 90% (resnet20)": {
+        "recipe": ("official", {}),
         "model": "resnet20",
-        "masks": ["magnitude"],
-        "reconstructions": ["snows"],
-        "sparsities": "0.9",
-        "ks": "3",
-        "targets": "official",
-        "newton_passes": 2,
-        "cg_iters": 20,
-        "warm_start": False,
-        "n_calib": 256,
         "eval_size": 1000,
     },
     "Paper: ResNet-20 CIFAR-10": {
+        "recipe": ("default", {"sparsity": 0.9}),
         "model": "resnet20_cifar10",
         "dataset": "cifar10",
-        "masks": ["magnitude"],
-        "reconstructions": ["snows"],
-        "sparsities": "0.9",
-        "ks": "3",
-        "n_calib": 256,
         "eval_size": 0,
     },
 }
@@ -100,15 +84,46 @@ FORM_DEFAULTS = {
     "measure_speed": False,
     "data_root": "",
 }
+FORM_CONFIG_FIELDS = (  # form fields named and typed as PruneConfig's
+    "stages",
+    "n_calib",
+    "batch_size",
+    "newton_passes",
+    "cg_iters",
+    "cg_tol",
+    "damping",
+    "warm_start",
+    "targets",
+    "curvature_fraction",
+    "device",
+)
 SAVED = "launch_form"  # plain state: Streamlit drops widget state while another page is shown
 saved = st.session_state.setdefault(SAVED, {})
 for key, value in FORM_DEFAULTS.items():
     st.session_state.setdefault(key, saved.get(key, value))
 
 
+def recipe_form(name: str, **overrides: object) -> dict:
+    """The form's fields for recipe `name` with `overrides`: the form then builds exactly its config."""
+    config = get_recipe(name, **overrides)
+    nm = config.pattern != "unstructured"
+    return {
+        "masks": [config.mask],
+        "reconstructions": [config.reconstruction],
+        "pattern_kind": "N:M" if nm else "unstructured",
+        "nm": config.pattern if nm else FORM_DEFAULTS["nm"],
+        "allocation": config.allocation,
+        "sparsities": f"{config.sparsity:g}",
+        "ks": str(config.k),
+        "seeds": str(config.seed),
+        **{field: getattr(config, field) for field in FORM_CONFIG_FIELDS},
+    }
+
+
 def apply_preset() -> None:
-    preset = PRESETS.get(st.session_state["preset"], {})
-    for key, value in {**FORM_DEFAULTS, **preset}.items():
+    preset = dict(PRESETS.get(st.session_state["preset"], {}))
+    name, overrides = preset.pop("recipe", ("default", {}))
+    for key, value in {**FORM_DEFAULTS, **recipe_form(name, **overrides), **preset}.items():
         st.session_state[key] = value
 
 

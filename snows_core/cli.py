@@ -152,18 +152,29 @@ FLAG_ALIASES = {"newton_passes": ("--newton-steps",)}  # the field's name before
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, grid: bool = False) -> None:
-    """One flag per PruneConfig field, defaults from PruneConfig; with `grid`, each takes a comma-separated list."""
+    """One flag per PruneConfig field, and --recipe; with `grid`, each field flag takes a comma-separated list.
+    A flag left out takes the recipe's value (`snows_core.recipes`), else PruneConfig's default."""
+    from snows_core.recipes import list_recipes, recipe_summary
+
     defaults = PruneConfig()
+    recipes = "; ".join(f"{name}: {recipe_summary(name)}" for name in list_recipes()).replace("%", "%%")
+    parser.add_argument("--recipe", choices=list_recipes(), default=None, help=f"start from a named recipe ({recipes})")
     for name, cast in CONFIG_FLAGS.items():
         default = None if name == "sparsity" else getattr(defaults, name)
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             *FLAG_ALIASES.get(name, ()),
             type=_comma_list(cast) if grid else cast,
-            default=[default] if grid else default,
-            help=f"PruneConfig.{name} (default {default!r})" + ("; comma-separated values are swept" if grid else ""),
+            default=None,
+            help=f"PruneConfig.{name} (default: the recipe's, else {default!r})"
+            + ("; comma-separated values are swept" if grid else ""),
         )
-    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false", help="skip the lstsq warm start")
+    parser.add_argument(
+        "--warm-start",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start SNOWS from the layer-wise least-squares fit (default: the recipe's, else on)",
+    )
 
 
 def _comma_list(cast: type):
@@ -180,11 +191,17 @@ def _comma_list(cast: type):
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
-    """Build (and so validate) the PruneConfig named by the flags (sparsity None: 0.5, or implied by N:M)."""
-    values = {name: getattr(args, name) for name in CONFIG_FLAGS}
-    if values["sparsity"] is None and values["pattern"] == "unstructured":
-        values["sparsity"] = PruneConfig().sparsity
-    return PruneConfig(**values, warm_start=args.warm_start)
+    """Build (and so validate) the PruneConfig named by --recipe and the flags given; a flag wins over the recipe.
+    Without a recipe a field left out is PruneConfig's default (sparsity 0.5, or implied by an N:M pattern)."""
+    from snows_core.recipes import get_recipe
+
+    names = [*CONFIG_FLAGS, "warm_start"]
+    values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "recipe", None):
+        return get_recipe(args.recipe, **values)
+    if values.get("pattern", "unstructured") != "unstructured":
+        values.setdefault("sparsity", None)
+    return PruneConfig(**values)
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -254,7 +271,7 @@ def _sweep(args: argparse.Namespace) -> int:
     """Every combination of the listed values, validated first, queued as one sweep (see runs.sweep)."""
     from snows_core.runs.sweep import grid_specs, submit_all
 
-    axes = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    axes = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     base = _run_spec(argparse.Namespace(**{**vars(args), **{name: values[0] for name, values in axes.items()}}))
     specs = grid_specs(base, {name: values for name, values in axes.items() if len(values) > 1})
     check_backend(args.executor, args.scheduler)

@@ -8,11 +8,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from snows_core import PruneConfig
+from snows_core.cli import _parser, config_from_args
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.process import exclusive
 from tests.store_fixtures import LAYERS, add_sensitivity_run, add_staged_run, populate, result, solve_events
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
+BEST_PRESET = "Best at high sparsity: window-OBC masks, 90% in 5 gradual stages (resnet20)"
 PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "sensitivity", "learn"]
 
 
@@ -150,12 +152,31 @@ def test_the_paper_preset_asks_for_a_checkpoint(home):
 
 def test_the_best_recipe_preset_fills_a_gradual_run(home):
     at = open_page("launch")
-    at.selectbox(key="preset").set_value("Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)").run()
+    at.selectbox(key="preset").set_value(BEST_PRESET).run()
     assert at.number_input(key="stages").value == 5 and at.text_input(key="sparsities").value == "0.9"
-    assert at.multiselect(key="masks").value == ["obc"]
+    assert at.multiselect(key="masks").value == ["window-obc"]
     assert at.multiselect(key="reconstructions").value == ["snows"]
     assert "sparsegpt" in at.multiselect(key="masks").options and "lamp" in at.radio(key="allocation").options
     assert not at.error and any("about" in m.value for m in at.markdown)  # forecast shown, ready to launch
+
+
+@pytest.mark.parametrize(
+    "preset, flags",
+    [
+        ("Teaching demo (under a minute on a laptop CPU)", ["--recipe", "teaching"]),
+        (BEST_PRESET, ["--recipe", "best", "--sparsity", "0.9"]),
+        ("Best at 2:4 (resnet20)", ["--recipe", "best", "--pattern", "2:4"]),
+        ("Official SNOWS: the paper code's objective and settings, 90% (resnet20)", ["--recipe", "official"]),
+    ],
+)
+def test_a_recipe_preset_queues_the_same_config_as_the_cli_recipe(home, preset, flags):
+    at = open_page("launch")
+    at.selectbox(key="preset").set_value(preset).run()
+    with exclusive(home / "dispatcher.lock"):  # nothing starts the launched run
+        at.button[-1].click().run()  # Launch
+    (run,) = RunStore(home).list()
+    cli = config_from_args(_parser().parse_args(["submit", *flags]))
+    assert run["spec"]["config"] == RunSpec(model="resnet20", config=cli).config.to_dict()
 
 
 def test_the_launch_form_keeps_its_values_across_pages(home):

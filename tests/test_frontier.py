@@ -1,6 +1,7 @@
 """The frontier options in the layer loop: in-loop SparseGPT and OBC, stages, LAMP and sensitivity allocation."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from snows_core.engine.reconstruct import Solution, get_reconstruction
 from snows_core.io.data import calibration_images, load_dataset
 from snows_core.masks import unstructured_mask
 from snows_core.masks.sparsegpt import sparsegpt_layer
+from snows_core.measure.metrics import mean_interval
 
 
 def calib(n: int = 16, seed: int = 0) -> torch.Tensor:
@@ -198,3 +200,12 @@ def test_zoo_models_take_every_frontier_option(name, options):
     else:
         for keep in result.masks.values():
             assert (keep.movedim(1, -1).reshape(-1, 4).sum(-1) == 2).all()
+
+
+def test_mean_interval_is_the_student_t_interval():
+    mean, half = mean_interval([0.80, 0.82, 0.84, 0.83, 0.81])  # sd 0.0158, t(0.975, 4) = 2.776
+    assert mean == pytest.approx(0.82) and half == pytest.approx(2.776 * 0.015811388 / 5**0.5, rel=1e-6)
+    assert mean_interval([0.5, 0.7]) == pytest.approx((0.6, 12.706 * 0.1))
+    assert mean_interval([0.9])[0] == 0.9 and math.isnan(mean_interval([0.9])[1])
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_interval([])

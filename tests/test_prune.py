@@ -175,3 +175,11 @@ def test_a_custom_mask_of_other_values_than_keep_and_prune_is_refused(tiny_resne
     config = PruneConfig(mask="custom", reconstruction="none", n_calib=8)
     with pytest.raises(ValueError, match="custom mask for c2 must hold only True/False"):
         prune_model(tiny_resnet, torch.randn(8, 3, 8, 8), config, custom_masks=masks)
+
+
+def test_a_vit_prunes_in_mini_batches_smaller_than_its_calibration_set():
+    from snows_core.models import create_model
+
+    config = PruneConfig(sparsity=0.5, k=1, n_calib=12, batch_size=4, cg_iters=2, device="cpu")
+    result = prune_model(create_model("vit_tiny").eval(), torch.randn(12, 1, 28, 28), config)
+    assert result.layers and all(r.loss_after <= r.loss_before for r in result.layers)

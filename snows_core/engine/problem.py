@@ -265,8 +265,12 @@ def _channels_last(value: object, module: nn.Module) -> object:
 
 
 def _batch_of(value: object, batch: slice, n: int) -> object:
+    """An external input's part for `batch`: a tensor's rows; an int equal to the image count is the batch
+    size a traced reshape read off its input (a ViT's ``B, N, C = x.shape``), so it becomes the batch's."""
     if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n:
         return value[batch]
+    if type(value) is int and value == n:
+        return batch.stop - batch.start
     return value
 
 

@@ -12,6 +12,8 @@ with their own weights, which become the reconstruction's starting point:
 - ``sparsegpt``: Frantar & Alistarh 2023, OBS updates column by column (`snows_core.masks.sparsegpt`).
 - ``obc``: Frantar & Alistarh 2022, exact OBS one weight at a time per row, the layer's prune count split
   over rows by their step losses (`snows_core.masks.obc`); for layers of up to 1024 input columns per group.
+- ``window-obc``: OBC under the K-window's Kronecker-factored curvature: rows weighed by what the window
+  needs of each output channel, and a joint re-fit across rows (`snows_core.masks.window_obc`).
 
 How many weights each layer keeps is the allocation's business (`snows_core.masks.allocation`:
 uniform, global, lamp, sensitivity; `list_allocations()`); in-loop methods are allocated by |W|.
@@ -26,7 +28,7 @@ Selection (`snows_core.masks.select`):
   This is the layout that sparse tensor cores accelerate.
 """
 
-from snows_core.masks import obc, scored, sparsegpt  # noqa: F401  (register the methods)
+from snows_core.masks import obc, scored, sparsegpt, window_obc  # noqa: F401  (register the methods)
 from snows_core.masks.allocation import list_allocations
 from snows_core.masks.method import MaskChoice, MaskMethod, get_mask_method, list_mask_methods, register_mask_method
 from snows_core.masks.scored import input_column_sq_norms

@@ -50,6 +50,7 @@ def obc_prune(
     nm: tuple[int, int] | None = None,
     prior: torch.Tensor | None = None,
     relative_damping: float = RELATIVE_DAMPING,
+    row_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune `prune` weights of `weight` (rows, d) (or N of every M columns per row) by exact OBS per row.
 
@@ -61,6 +62,8 @@ def obc_prune(
         nm: (N, M) to keep N of every M consecutive columns in each row instead (d a multiple of M).
         prior: bool (rows, d), True = still kept: weights already pruned stay pruned.
         relative_damping: lambda as a fraction of each group's mean diagonal of H.
+        row_weights: (rows,) > 0, what a unit of each row's loss costs in the global selection (None: 1 each;
+            `snows_core.masks.window_obc` weighs rows by the K-window's curvature).
 
     Returns:
         (mask, weight): bool (rows, d) with True = kept, and the re-fitted weights, zero where pruned.
@@ -80,7 +83,8 @@ def obc_prune(
         if not 0 <= extra <= int(torch.isfinite(losses).sum()):
             raise ValueError(f"cannot prune {prune} of {rows * d} weights with {int((~kept).sum())} pruned before")
         chosen = torch.zeros(losses.numel(), dtype=torch.bool, device=w.device)
-        chosen[torch.topk(losses.flatten(), extra, largest=False).indices] = True
+        costs = losses if row_weights is None else losses * row_weights.to(losses)[:, None]  # (rows, steps)
+        chosen[torch.topk(costs.flatten(), extra, largest=False).indices] = True
         counts = chosen.view(losses.shape).sum(1)  # (rows,)
     else:
         counts = torch.isfinite(losses).sum(1)  # (rows,): every eligible weight goes
@@ -186,9 +190,10 @@ def obc_choice(problem: LayerProblem) -> MaskChoice:
     return MaskChoice(*obc_layer(problem))
 
 
-def obc_layer(problem: LayerProblem) -> tuple[torch.Tensor, torch.Tensor]:
+def obc_layer(problem: LayerProblem, row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """OBC on one Linear/Conv2d layer of the loop, on the pruned path's input columns, with the global
-    selection over all the layer's rows: (keep-mask, weights), both shaped like the layer's weight."""
+    selection over all the layer's rows (each row's losses times `row_weights`, (out,), when given):
+    (keep-mask, weights), both shaped like the layer's weight."""
     weight = problem.dense_weight
     gram, cross, _ = problem.grams  # (groups, d, d), (groups, d, out/g)
     rows = layer_start(problem, gram, cross)  # (groups, out/g, d)
@@ -200,6 +205,7 @@ def obc_layer(problem: LayerProblem) -> tuple[torch.Tensor, torch.Tensor]:
         prune=weight.numel() - problem.keep if problem.nm is None else None,
         nm=problem.nm,
         prior=prior,
+        row_weights=row_weights,
     )
     inverse = torch.argsort(order)
     return keep[:, inverse].reshape(weight.shape), solved[:, inverse].reshape(weight.shape).to(weight.dtype)

@@ -1,8 +1,10 @@
-"""Accuracy and sparsity measurements."""
+"""Accuracy measurements, and the mean with its confidence interval that every figure over samples reports."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import statistics
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -10,7 +12,11 @@ from torch.utils.data import Dataset
 
 from snows_core.io.data import stack_images
 
-__all__ = ["top1", "evaluate"]
+__all__ = ["top1", "evaluate", "mean_interval"]
+
+# Student's t, 97.5% quantile, by degrees of freedom (1..30): a two-sided 95% interval for a mean
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T975 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 Progress = Callable[[int, int], None]
 
@@ -58,3 +64,15 @@ def _accuracies(model, n, fetch, batch_size, device, on_progress) -> tuple[float
         if on_progress:
             on_progress(min(start + batch_size, n), n)
     return correct1 / n, (correct5 / n if has_top5 else None)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of its two-sided 95% Student-t interval); the half-width is nan for one value."""
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    df = len(values) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
