@@ -13,7 +13,7 @@ from snows_core.engine.reconstruct import list_reconstructions
 from snows_core.io.data import list_datasets
 from snows_core.masks import list_allocations, list_mask_methods
 from snows_core.models import model_info
-from snows_core.recipes import get_recipe
+from snows_core.recipes import get_recipe, recipe_summary
 from snows_core.runs import RunSpec
 from snows_core.runs.door import check_runnable
 from snows_core.runs.executor import reusable_run
@@ -215,8 +215,12 @@ st.selectbox(
     ["Custom", *PRESETS],
     key="preset",
     on_change=apply_preset,
-    help="Fills the form; change anything afterwards.",
+    help="Fills the form from a named recipe (the same config as the command line's --recipe); change anything "
+    "afterwards.",
 )
+if st.session_state["preset"] in PRESETS:
+    recipe = PRESETS[st.session_state["preset"]]["recipe"][0]
+    st.caption(f"Recipe `{recipe}`: {recipe_summary(recipe)}.")
 
 left, right = st.columns(2)
 with left:

@@ -155,6 +155,7 @@ def test_the_best_recipe_preset_fills_a_gradual_run(home):
     at.selectbox(key="preset").set_value(BEST_PRESET).run()
     assert at.number_input(key="stages").value == 5 and at.text_input(key="sparsities").value == "0.9"
     assert at.multiselect(key="masks").value == ["window-obc"]
+    assert any(c.value.startswith("Recipe `best`: the best one-shot recipe") for c in at.caption)
     assert at.multiselect(key="reconstructions").value == ["snows"]
     assert "sparsegpt" in at.multiselect(key="masks").options and "lamp" in at.radio(key="allocation").options
     assert not at.error and any("about" in m.value for m in at.markdown)  # forecast shown, ready to launch
