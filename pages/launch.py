@@ -35,7 +35,7 @@ PRESETS = {  # label -> the recipe (`snows_core.recipes`) with its overrides, th
         "ks": "0, 3",
         "eval_size": 1000,
     },
-    "Best at high sparsity: window-OBC masks, 90% in 5 gradual stages (resnet20)": {
+    "Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)": {
         "recipe": ("best", {"sparsity": 0.9}),
         "model": "resnet20",
         "eval_size": 1000,

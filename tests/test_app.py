@@ -14,7 +14,7 @@ from snows_core.runs.process import exclusive
 from tests.store_fixtures import LAYERS, add_sensitivity_run, add_staged_run, populate, result, solve_events
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-BEST_PRESET = "Best at high sparsity: window-OBC masks, 90% in 5 gradual stages (resnet20)"
+BEST_PRESET = "Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)"
 PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "sensitivity", "learn"]
 
 
@@ -154,7 +154,7 @@ def test_the_best_recipe_preset_fills_a_gradual_run(home):
     at = open_page("launch")
     at.selectbox(key="preset").set_value(BEST_PRESET).run()
     assert at.number_input(key="stages").value == 5 and at.text_input(key="sparsities").value == "0.9"
-    assert at.multiselect(key="masks").value == ["window-obc"]
+    assert at.multiselect(key="masks").value == ["obc"]
     assert any(c.value.startswith("Recipe `best`: the best one-shot recipe") for c in at.caption)
     assert at.multiselect(key="reconstructions").value == ["snows"]
     assert "sparsegpt" in at.multiselect(key="masks").options and "lamp" in at.radio(key="allocation").options

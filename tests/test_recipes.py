@@ -20,9 +20,9 @@ def test_every_recipe_builds_a_valid_config_at_every_target(name):
             assert config.pattern == "2:4" and config.sparsity == 0.5
 
 
-def test_the_best_recipe_is_gradual_window_obc_unstructured_and_one_pass_at_two_four():
+def test_the_best_recipe_is_gradual_obc_unstructured_and_one_pass_at_two_four():
     best = get_recipe("best", sparsity=0.95)
-    assert (best.sparsity, best.mask, best.stages, best.k, best.reconstruction) == (0.95, "window-obc", 5, 3, "snows")
+    assert (best.sparsity, best.mask, best.stages, best.k, best.reconstruction) == (0.95, "obc", 5, 3, "snows")
     assert best.n_calib <= 1024
     two_four = get_recipe("best", pattern="2:4")
     assert (two_four.mask, two_four.stages) == ("magnitude", 1)

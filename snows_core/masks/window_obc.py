@@ -86,10 +86,11 @@ def _tap_tangent(problem: LayerProblem, z: torch.Tensor, tangent: torch.Tensor, 
 def group_blocks(curvature: torch.Tensor, groups: int, relative_damping: float = G_DAMPING) -> torch.Tensor:
     """G's diagonal blocks, one per group of rows (groups, out/g, out/g), scaled to mean diagonal 1 and damped."""
     mean = curvature.diagonal().mean()
-    g = curvature / mean if mean > 0 else torch.eye(curvature.shape[0], dtype=curvature.dtype)
+    eye = lambda size: torch.eye(size, dtype=curvature.dtype, device=curvature.device)  # noqa: E731
+    g = curvature / mean if mean > 0 else eye(curvature.shape[0])
     r = g.shape[0] // groups
     blocks = torch.stack([g[i * r : (i + 1) * r, i * r : (i + 1) * r] for i in range(groups)])  # (groups, r, r)
-    return blocks + relative_damping * torch.eye(r, dtype=g.dtype)
+    return blocks + relative_damping * eye(r)
 
 
 def kronecker_refit(
