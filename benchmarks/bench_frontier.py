@@ -68,14 +68,13 @@ def register_parts() -> None:
             register_mask_method(name, in_loop=True, unsupported=obc_unsupported)(choose)
 
 
-def config(sparsity: str, mask: str, n_calib: int, **overrides) -> PruneConfig:
-    pattern = sparsity if ":" in sparsity else "unstructured"
-    value = None if ":" in sparsity else float(sparsity)
-    return PruneConfig(sparsity=value, pattern=pattern, mask=mask, n_calib=n_calib, device="cpu", **overrides)
-
-
 def target(sparsity: str) -> dict:
-    return {"pattern": sparsity} if ":" in sparsity else {"sparsity": float(sparsity)}
+    """PruneConfig's fields for a table's sparsity: "0.9" or an N:M pattern such as "2:4" (which implies it)."""
+    return {"pattern": sparsity, "sparsity": None} if ":" in sparsity else {"sparsity": float(sparsity)}
+
+
+def config(sparsity: str, mask: str, n_calib: int, **overrides) -> PruneConfig:
+    return PruneConfig(**target(sparsity), mask=mask, n_calib=n_calib, device="cpu", **overrides)
 
 
 def machine() -> str:

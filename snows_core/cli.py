@@ -197,11 +197,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
 
     names = [*CONFIG_FLAGS, "warm_start"]
     values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    if getattr(args, "recipe", None):
-        return get_recipe(args.recipe, **values)
-    if values.get("pattern", "unstructured") != "unstructured":
-        values.setdefault("sparsity", None)
-    return PruneConfig(**values)
+    return get_recipe(getattr(args, "recipe", None) or "default", **values)  # "default" is PruneConfig's defaults
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -190,13 +190,16 @@ def obc_choice(problem: LayerProblem) -> MaskChoice:
     return MaskChoice(*obc_layer(problem))
 
 
-def obc_layer(problem: LayerProblem, row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def obc_layer(
+    problem: LayerProblem, row_weights: torch.Tensor | None = None, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """OBC on one Linear/Conv2d layer of the loop, on the pruned path's input columns, with the global
-    selection over all the layer's rows (each row's losses times `row_weights`, (out,), when given):
-    (keep-mask, weights), both shaped like the layer's weight."""
+    selection over all the layer's rows (each row's losses times `row_weights`, (out,), when given), from
+    `rows` (W*, `layer_start`'s (groups, out/g, d), when the caller has it): (keep-mask, weights), both shaped
+    like the layer's weight."""
     weight = problem.dense_weight
     gram, cross, _ = problem.grams  # (groups, d, d), (groups, d, out/g)
-    rows = layer_start(problem, gram, cross)  # (groups, out/g, d)
+    rows = layer_start(problem, gram, cross) if rows is None else rows  # (groups, out/g, d)
     order = column_order(weight) if problem.nm else torch.arange(rows.shape[-1], device=weight.device)  # (d,)
     prior = None if problem.prior is None else problem.prior.reshape(weight.shape[0], -1)[:, order]
     keep, solved = obc_prune(

@@ -37,6 +37,7 @@ import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from snows_core.engine.problem import LayerProblem
+from snows_core.engine.solver import conjugate_gradient
 from snows_core.masks.method import MaskChoice, register_mask_method
 from snows_core.masks.obc import obc_layer, obc_unsupported
 from snows_core.masks.obs import RELATIVE_DAMPING, damped_hessian, layer_start
@@ -48,7 +49,7 @@ G_DAMPING = 0.01  # as OBC's damping of A: 1% of the mean diagonal
 _CURVATURE_BYTES = 2**28  # a group of images' JVPs, one per channel, through the window: ~256 MB at a time
 _WINDOW_DEPTH = 8  # values a window keeps per layer-output value, roughly (for sizing the groups)
 _REFIT_ITERS = 200
-_REFIT_TOL = 1e-8  # relative residual: the per-row start is already exact when G is a multiple of I
+_REFIT_TOL = 1e-8  # residual over the right-hand side's norm: the per-row start is exact when G is a multiple of I
 
 
 def output_curvature(problem: LayerProblem, weight: torch.Tensor, images: int = CURVATURE_IMAGES) -> torch.Tensor:
@@ -102,23 +103,13 @@ def kronecker_refit(
         start, target (W*), keep: (groups, r, d) float64 (keep 0/1).
         hessian: (groups, d, d) H, positive definite; curvature: (groups, r, r) G, positive definite.
     """
-    apply = lambda v: (curvature @ v @ hessian) * keep  # noqa: E731  (groups, r, d)
+    apply = lambda v: (curvature @ v.view(start.shape) @ hessian * keep).flatten()  # noqa: E731  (groups r d,)
     rhs = apply(target)
-    x = start * keep
-    residual = rhs - apply(x)
-    direction = residual.clone()
-    rr = (residual * residual).sum()
-    stop = (_REFIT_TOL * rhs.norm()) ** 2
-    for _ in range(_REFIT_ITERS):
-        if rr <= stop:
-            break
-        product = apply(direction)
-        alpha = rr / (direction * product).sum()
-        x = x + alpha * direction
-        residual = residual - alpha * product
-        rr, previous = (residual * residual).sum(), rr
-        direction = residual + (rr / previous) * direction
-    return x
+    x = (start * keep).flatten()
+    correction = conjugate_gradient(  # the step from the start: the residual there is the right-hand side
+        apply, rhs - apply(x), max_iters=_REFIT_ITERS, tol=_REFIT_TOL * rhs.norm().item(), damping=0.0, relative=False
+    )
+    return (x + correction.x).view(start.shape)
 
 
 def window_obc_layer(
@@ -132,7 +123,7 @@ def window_obc_layer(
     groups, r, d = rows.shape
     g = group_blocks(output_curvature(problem, rows.reshape(weight.shape).to(weight.dtype)), groups)  # (groups, r, r)
     row_weights = 1.0 / torch.linalg.inv(g).diagonal(dim1=1, dim2=2).flatten()  # (out,): 1 / [G^-1]_ii
-    keep, solved = obc_layer(problem, row_weights if weigh_rows else None)
+    keep, solved = obc_layer(problem, row_weights if weigh_rows else None, rows)
     if not joint_refit:
         return keep, solved
     h, dead = damped_hessian(2 * gram, RELATIVE_DAMPING)  # OBC's H, as its refit
