@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from snows_core import PruneConfig, prune_model
 from snows_core.io.data import load_npz
 from snows_core.masks import MaskChoice, list_allocations, register_mask_method
-from snows_core.masks.obc import obc_unsupported
 from snows_core.masks.window_obc import window_obc_layer
 from snows_core.measure.metrics import mean_interval, top1
 from snows_core.models import create_model
@@ -65,7 +64,7 @@ def register_parts() -> None:
     for name, parts in PARTS.items():
         if parts is not None:
             choose = lambda p, parts=parts: MaskChoice(*window_obc_layer(p, *parts))  # noqa: E731
-            register_mask_method(name, in_loop=True, unsupported=obc_unsupported)(choose)
+            register_mask_method(name, in_loop=True)(choose)
 
 
 def target(sparsity: str) -> dict:

@@ -17,6 +17,13 @@ and centre-cropped to 224, ImageNet normalisation) or a seeded random tensor.
    matrices, window forwards and HVPs grow linearly with it.
 3. With --full: the whole model pruned (every block) at --full-at's n_calib and K: seconds and peak memory.
 4. With --speed: `measure.speed.measure_speed` on the 2:4 model (dense vs 2:4 kernel on CUDA; 1.0x elsewhere).
+5. With --mask-shapes: the best recipe's mask (`obc`, blocked beyond 1024 input columns) at every distinct
+   layer shape of ViT-B/16 and ResNet-50 (rows x input columns per group, from the models themselves), at 90%
+   and 2:4: seconds and peak memory of `obc_prune` on a Gram of 2d random columns, each shape in a fresh
+   process (on CPU its resident high-water mark above its size at the start, Linux only; the CUDA allocator's
+   peak on a GPU). Rows are
+   independent in OBC's greedy passes, so --mask-rows rows (at least one chunk of rows held at once, so that
+   the peak is the whole layer's) are timed and the seconds scaled to the layer's rows (0: every row).
 
 Memory does not grow with the number of layers pruned: activations live in `PrunedPath` (one for the
 pruned network, one for the dense targets), each holding only the live frontier on all calibration
@@ -26,6 +33,7 @@ peaks of block 2 match block 1's (see the table).
 
     .venv/bin/python benchmarks/bench_scale.py [--models vit_base_patch16_224] [--n-calib 16,64] [--ks 0,3]
         [--blocks 2] [--device cpu] [--images DIR] [--full [--full-at 64,3]] [--speed] [--json out.json]
+    .venv/bin/python benchmarks/bench_scale.py --n-calib "" --models "" --mask-shapes [--mask-rows 32]
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -50,6 +59,7 @@ from snows_core.engine.device import resolve_device
 from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
 from snows_core.engine.problem import layer_problem
 from snows_core.masks import nm_mask
+from snows_core.masks.obc import MAX_COLUMNS, obc_prune, rows_per_chunk
 from snows_core.measure.speed import measure_speed
 
 BLOCK_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -177,7 +187,7 @@ def projection(model_name: str, depth: int, rows: list[dict[str, Any]], ns: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit_base_patch16_224")
-    parser.add_argument("--n-calib", default="16,64", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--n-calib", default="16,64", type=lambda s: [int(v) for v in s.split(",") if v])
     parser.add_argument("--ks", default="0,3", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--blocks", type=int, default=2, help="blocks pruned in the per-layer table")
     parser.add_argument("--device", default="cpu")
@@ -186,17 +196,28 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also prune every block (at --full-at)")
     parser.add_argument("--full-at", default="64,3", help="n_calib,K of the full run")
     parser.add_argument("--speed", action="store_true", help="also measure dense vs 2:4 latency")
+    parser.add_argument("--mask-shapes", action="store_true", help="obc's cost at ViT-B/16 and ResNet-50 shapes")
+    parser.add_argument("--mask-rows", type=int, default=32, help="rows timed per shape (0: all)")
     parser.add_argument("--speed-batch", type=int, default=256)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    figures: dict[str, Any] = {"device": args.device, "layers": [], "projection": [], "full": [], "speed": []}
+    figures: dict[str, Any] = {
+        "device": args.device,
+        "layers": [],
+        "projection": [],
+        "full": [],
+        "speed": [],
+        "masks": [],
+    }
     if resolve_device(args.device).type == "cuda":
         figures["device_name"] = torch.cuda.get_device_name()
     lines = []
-    for name in args.models.split(","):
+    if args.mask_shapes:
+        figures["masks"] = mask_table(args)
+    for name in filter(None, args.models.split(",")):
         model = vit(name, args.checkpoint)
         rows = per_layer_table(name, model, args) if args.n_calib else []
         figures["layers"] += rows
@@ -211,13 +232,97 @@ def main() -> None:
             print(f"{seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
         if args.speed:
             figures["speed"].append({"model": name, **speed(model, args)})
-    print("\n### Projected full runs (a ViT's blocks are identical)\n")
-    print("| model | K | n_calib | one block s | full run min | block |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(lines))
+    if lines:
+        print("\n### Projected full runs (a ViT's blocks are identical)\n")
+        print("| model | K | n_calib | one block s | full run min | block |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(lines))
     figures["projection"] = lines
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=float))
+
+
+def layer_shapes() -> dict[tuple[int, int], list[str]]:
+    """Every distinct (rows, input columns per group) of ViT-B/16's and ResNet-50's Linear and Conv2d layers, with
+    the layers of that shape (built without weights: shapes are all the cost depends on)."""
+    import timm
+    from torchvision.models import resnet50
+
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for model_name, model in (("vit_b16", timm.create_model("vit_base_patch16_224")), ("resnet50", resnet50())):
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                shapes.setdefault((module.weight.shape[0], module.weight[0].numel()), []).append(f"{model_name}.{name}")
+    return shapes
+
+
+def time_mask(rows: int, d: int, target: str, device: str, queue: Any) -> None:
+    """In a fresh process: obc_prune on `rows` x `d` at `target` ("0.9" or "2:4"): (seconds, peak bytes)."""
+    torch.set_num_threads(torch.get_num_threads())
+    dev = resolve_device(device)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(d, 2 * d, generator=generator).to(dev)  # (d, 2d): a full-rank Gram
+    weight = torch.randn(rows, d, generator=generator).to(dev)
+    hessian = 2 * x @ x.T  # (d, d)
+    start = _reset_peak_rss()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    tic = time.perf_counter()
+    if ":" in target:
+        obc_prune(weight, hessian, nm=(2, 4))
+    else:
+        obc_prune(weight, hessian, prune=round(float(target) * rows * d))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - tic
+    if dev.type == "cuda":
+        queue.put((seconds, torch.cuda.max_memory_allocated()))
+    else:
+        queue.put((seconds, _status_bytes("VmHWM") - start))
+
+
+def _reset_peak_rss() -> int:
+    """Reset the process's resident high-water mark (Linux: "5" to clear_refs) and return its resident bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) * 1024
+
+
+def mask_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """obc's seconds and memory at every distinct ViT-B/16 and ResNet-50 layer shape, 90% and 2:4."""
+    context = multiprocessing.get_context("spawn")
+    figures = []
+    print(f"\n### The best recipe's mask (obc) per layer shape, on {args.device}: seconds for the whole layer\n")
+    print(f"(rows timed: {args.mask_rows or 'all'}, scaled to the layer's rows; blocks of <= {MAX_COLUMNS} columns)\n")
+    print("| rows x columns | blocks | layers (count, first) | 90% s | 90% peak MiB | 2:4 s | 2:4 peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for (rows, d), names in sorted(layer_shapes().items(), key=lambda item: item[0][0] * item[0][1] ** 2):
+        blocks = -(-d // MAX_COLUMNS)
+        chunk = rows_per_chunk(-(-d // blocks))  # at least one whole chunk of rows: the layer's peak memory
+        timed = rows if not args.mask_rows else min(rows, max(args.mask_rows, chunk))
+        row = {"rows": rows, "columns": d, "layers": names, "rows_timed": timed}
+        for target in ("0.9", "2:4"):
+            if target == "2:4" and d % 4:
+                row[target] = None  # conv1's 3 x 7 x 7 columns hold no whole groups of 4
+                continue
+            queue = context.Queue()
+            child = context.Process(target=time_mask, args=(timed, d, target, args.device, queue))
+            child.start()
+            seconds, peak = queue.get()
+            child.join()
+            row[target] = {"seconds": seconds * rows / timed, "peak_bytes": peak}
+        figures.append(row)
+        cells = " | ".join(
+            f"{row[t]['seconds']:.1f} | {row[t]['peak_bytes'] / 2**20:.0f}" if row[t] else "n/a | n/a"
+            for t in ("0.9", "2:4")
+        )
+        print(f"| {rows} x {d} | {blocks} | {len(names)}, {names[0]} | {cells} |", flush=True)
+    return figures
 
 
 def speed(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from snows_core.dashboard.frames import runs_frame
@@ -24,6 +25,20 @@ PAGES = [
     ("pages/learn.py", "Learn", ":material/school:"),
 ]
 REFRESH_SECONDS = 2.0
+
+
+def _leave_folder_pages() -> None:
+    """Until app.py has run once in this server process, Streamlit serves pages/ as folder-based pages
+    (streamlit/streamlit#9624): a deep link opened first on a fresh server ran pages/<page>.py alone, with the
+    folder's file names as navigation (this module among them) and no shared sidebar. Every page imports this
+    module, so on that first run it switches the process to app.py's navigation and runs again: the URL, page
+    and query parameters, is unchanged, and app.py now routes it. (Streamlit 1.67's flag; pinned.)"""
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_folder_pages()
 _RUNS = "_runs_this_script_run"  # (script run, runs frame read in it)
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 

@@ -1,6 +1,7 @@
 """A real browser: headless Debian Chromium through Playwright against `streamlit run app.py`.
 
-Opens /, launches the teaching demo through the form, waits on the Runs page until it is done, clicks
+Deep links opened first on a freshly started server get the app's navigation and sidebar. Opens /,
+launches the teaching demo through the form, waits on the Runs page until it is done, clicks
 its point on the Trade-offs page, which opens its detail page, checks that the Plotly charts rendered;
 launches a sensitivity scan of the mlp from the Sensitivity page and waits for its heatmap. Screenshots
 go into $SNOWS_SCREENSHOTS when set, else the test's temporary folder.
@@ -11,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from store_fixtures import populate
 
 from scripts.browser import CHROMIUM, chromium, select_option, serve_app
 from snows_core.runs import RunStore
@@ -21,6 +23,24 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
 ]
+
+
+@pytest.mark.parametrize("first", ["run_detail", "common"])
+def test_a_deep_link_opened_first_on_a_fresh_server_gets_the_apps_navigation_and_sidebar(home, tmp_path, first):
+    ids = populate(home)
+    with serve_app(home, tmp_path / "streamlit.log") as url, chromium() as page:
+        page.goto(f"{url}/run_detail?run={ids['done']}" if first == "run_detail" else f"{url}/common")
+        nav = page.get_by_test_id("stSidebarNav")
+        nav.get_by_role("link", name="Trade-offs").wait_for(timeout=300_000)
+        page.get_by_text("Store:").wait_for(timeout=120_000)  # the shared sidebar
+        links = [name.split("\n")[-1].strip().lower() for name in nav.get_by_role("link").all_inner_texts()]  # no icon
+        assert links == ["launch", "runs", "run detail", "trade-offs", "compare", "sensitivity", "learn"]
+        if first == "run_detail":  # the requested page and run, its query kept
+            page.get_by_role("heading", name="Run detail").wait_for(timeout=120_000)
+            page.get_by_text("91.00%").wait_for(timeout=120_000)  # that run's final top-1 (the newest is running)
+            assert page.url.endswith(f"/run_detail?run={ids['done']}")
+        else:  # a helper module is no page: the default page instead
+            page.get_by_text("Launch a pruning run").wait_for(timeout=120_000)
 
 
 def test_launch_a_teaching_demo_and_see_its_charts(home, tmp_path):

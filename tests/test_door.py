@@ -9,6 +9,7 @@ import torch
 
 from snows_core import PruneConfig
 from snows_core.cli import main
+from snows_core.masks.method import _MASK_METHODS, MaskMethod
 from snows_core.models import create_model
 from snows_core.runs import RunSpec, RunStore
 from snows_core.runs.executor import submit
@@ -152,13 +153,23 @@ def test_a_mask_a_queued_run_cannot_use_is_refused_at_the_door(home, capsys):
     assert "custom_masks" in capsys.readouterr().err and RunStore(home).list() == []
 
 
-@pytest.mark.slow
-def test_obc_on_a_model_with_a_layer_too_wide_for_it_is_refused_at_the_door(home, shared, capsys):
-    data = ["--dataset", "cifar10", "--data-root", str(shared / "data" / "cifar10-subset.npz"), "--n-calib", "64"]
-    assert main(["submit", "--model", "torchvision:resnet18", *data, "--mask", "obc"]) == 2
+def test_an_in_loop_mask_that_refuses_a_layer_is_refused_at_the_door(home, capsys, monkeypatch):
+    narrow = lambda module: "too wide" if module.weight[0].numel() > 300 else None  # noqa: E731
+    method = MaskMethod("narrow", None, True, choose=lambda problem: None, unsupported=narrow)
+    monkeypatch.setitem(_MASK_METHODS.entries, "narrow", method)
+    assert main(["submit", *QUICK, "--mask", "narrow"]) == 2  # the mlp's first layer has 784 inputs
     err = capsys.readouterr().err
-    assert "mask 'obc' cannot handle layer layer" in err and err.count("\n") == 1
+    assert "mask 'narrow' cannot handle layer" in err and "too wide" in err and err.count("\n") == 1
     assert RunStore(home).list() == []
+
+
+@pytest.mark.slow
+def test_obc_takes_a_model_with_layers_wider_than_one_inverse(home, shared, capsys):
+    data = ["--dataset", "cifar10", "--data-root", str(shared / "data" / "cifar10-subset.npz"), "--n-calib", "64"]
+    with exclusive(home / "dispatcher.lock"):  # stands for a busy dispatcher: nothing starts an accepted run
+        code = main(["submit", "--model", "torchvision:resnet18", *data, "--mask", "obc"])  # 3x3x512: 4608 columns
+    assert code == 0, capsys.readouterr().err
+    assert len(RunStore(home).list()) == 1
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,23 @@ from test_sparsegpt import problem
 
 from snows_core import PruneConfig, prune_model
 from snows_core.engine.problem import LayerProblem
-from snows_core.masks import get_mask_method, holds_nm
+from snows_core.masks import holds_nm
 from snows_core.masks.obc import MAX_COLUMNS, obc_layer, obc_prune
 
 
 def reference_obc(
-    weight: torch.Tensor, hessian: torch.Tensor, prune: int | None = None, nm: tuple[int, int] | None = None
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    prune: int | None = None,
+    nm: tuple[int, int] | None = None,
+    damping: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row: prune the alive weight of least w_p^2 / inv(H_AA)_pp (A the alive inputs, the inverse taken
     afresh), move the others by OBS, record the weights after every step. Unstructured: the `prune` smallest
     step losses over all rows say how many steps each row keeps; N:M: no more than M - N per group."""
-    h = hessian.double() + 0.01 * hessian.diagonal().mean().double() * torch.eye(hessian.shape[0], dtype=torch.float64)
+    h = hessian.double() + damping * hessian.diagonal().mean().double() * torch.eye(
+        hessian.shape[0], dtype=torch.float64
+    )
     rows, d = weight.shape
     losses, trajectories, orders = [], [], []
     for r in range(rows):
@@ -130,11 +136,76 @@ def test_grouped_conv_rows_use_their_own_groups_hessian():
     assert torch.all(weight[~mask] == 0)
 
 
-def test_layer_too_wide_for_obc_is_refused_before_any_work():
+def all_step_losses(weight: torch.Tensor, h: torch.Tensor) -> list[float]:
+    """Every row of `weight` pruned all the way by OBS under `h` (undamped here): the loss of each step."""
+    losses = []
+    for row in weight:
+        w, alive = row.clone(), torch.ones(len(row), dtype=torch.bool)
+        while alive.any():
+            idx = alive.nonzero()[:, 0]
+            inverse = torch.linalg.inv(h[idx][:, idx])
+            saliency = w[idx] ** 2 / inverse.diagonal()
+            p = int(saliency.argmin())
+            w[idx] -= w[idx[p]] / inverse[p, p] * inverse[p]
+            w[idx[p]], alive[idx[p]] = 0.0, False
+            losses.append(float(saliency[p]))
+    return losses
+
+
+def reference_blocked_obc(
+    weight: torch.Tensor, hessian: torch.Tensor, width: int, prune: int | None = None, nm: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks of `width` columns in order, each by `reference_obc` under the Hessian of the block with the later
+    columns free, inv(inv(H_FF)_bb), the later ones then re-fitted by least squares, d_L = -d_b H_bL inv(H_LL);
+    each block's prune count first, as many as it has among the `prune` smallest step losses of all blocks'
+    trajectories under inv(inv(H)_bb) (every other column free)."""
+    h = hessian.double() + 0.01 * hessian.diagonal().mean().double() * torch.eye(hessian.shape[0], dtype=torch.float64)
+    rows, d = weight.shape
+    starts = list(range(0, d, width))
+    shares = [None] * len(starts)
+    if prune is not None:
+        losses = []  # (loss, block)
+        for i, a in enumerate(starts):
+            free_h = torch.linalg.inv(torch.linalg.inv(h)[a : a + width, a : a + width])
+            losses += [(loss, i) for loss in all_step_losses(weight.double()[:, a : a + width], free_h)]
+        shares = [sum(1 for _, i in sorted(losses)[:prune] if i == block) for block in range(len(starts))]
+    w, kept = weight.double().clone(), torch.ones(rows, d, dtype=torch.bool)
+    for a, share in zip(starts, shares, strict=True):
+        b, later = min(a + width, d), slice(min(a + width, d), d)
+        block_h = torch.linalg.inv(torch.linalg.inv(h[a:, a:])[: b - a, : b - a])
+        kept[:, a:b], solved = reference_obc(w[:, a:b], block_h, prune=share, nm=nm, damping=0.0)
+        w[:, later] -= (solved - w[:, a:b]) @ h[a:b, later] @ torch.linalg.inv(h[later, later])
+        w[:, a:b] = solved
+    return kept, w
+
+
+@pytest.mark.parametrize(("prune", "nm", "width"), [(10, None, 6), (41, None, 6), (60, None, 6), (None, (2, 4), 4)])
+def test_a_layer_wider_than_one_inverse_goes_in_blocks_like_the_reference(prune, nm, width):
+    weight, _, hessian = problem(rows=5, d=16)
+    kept, solved = obc_prune(weight, hessian, prune=prune, nm=nm, max_columns=7)  # blocks of 6, 6, 4 (2:4: 4 x 4)
+    ref_kept, ref_solved = reference_blocked_obc(weight, hessian, width, prune=prune, nm=nm)
+    assert torch.equal(kept, ref_kept)
+    torch.testing.assert_close(solved, ref_solved, atol=1e-5, rtol=1e-5)
+    assert torch.all(solved[~kept] == 0)
+    assert int((~kept).sum()) == (prune if nm is None else weight.numel() // 2)
+
+
+def test_one_block_is_exact_obc_and_blocks_cost_little_against_it():
+    weight, x, hessian = problem(rows=8, d=24, samples=80)
+    exact = obc_prune(weight, hessian, prune=120)
+    one_block = obc_prune(weight, hessian, prune=120, max_columns=24)
+    assert torch.equal(exact[0], one_block[0]) and torch.equal(exact[1], one_block[1])
+    blocked = obc_prune(weight, hessian, prune=120, max_columns=8)
+    assert not torch.equal(blocked[0], exact[0])  # the blocks choose differently...
+    loss = lambda w: float(((w - weight) @ x).pow(2).sum())  # noqa: E731
+    assert (
+        loss(exact[1]) <= loss(blocked[1]) < 1.15 * loss(exact[1])
+    )  # ...at a small price (2.2x with counts split by size)
+
+
+def test_a_layer_wider_than_max_columns_runs_in_the_loop():
     model = nn.Sequential(nn.Flatten(), nn.Linear(MAX_COLUMNS + 1, 4))
-    config = PruneConfig(mask="obc", reconstruction="none", n_calib=8, layers=["1"])
-    events = []
-    with pytest.raises(ValueError, match=r"mask 'obc' cannot handle layer 1: it has 1025 input columns"):
-        prune_model(model, torch.randn(8, MAX_COLUMNS + 1), config, events.append)
-    assert events == []
-    assert get_mask_method("obc").in_loop
+    config = PruneConfig(mask="obc", reconstruction="none", n_calib=8, layers=["1"], sparsity=0.5)
+    result = prune_model(model, torch.randn(8, MAX_COLUMNS + 1), config)
+    assert int((~result.masks["1"]).sum()) == 2 * (MAX_COLUMNS + 1)
+    assert torch.all(result.model[1].weight[~result.masks["1"]] == 0)

@@ -11,7 +11,8 @@ run just before the layer's reconstruction, on its pruned-path input, and return
 with their own weights, which become the reconstruction's starting point:
 - ``sparsegpt``: Frantar & Alistarh 2023, OBS updates column by column (`snows_core.masks.sparsegpt`).
 - ``obc``: Frantar & Alistarh 2022, exact OBS one weight at a time per row, the layer's prune count split
-  over rows by their step losses (`snows_core.masks.obc`); for layers of up to 1024 input columns per group.
+  over rows by their step losses (`snows_core.masks.obc`); wider than 1024 input columns per group, in blocks
+  of columns with the later ones re-fitted to each block's choices.
 - ``window-obc``: OBC under the K-window's Kronecker-factored curvature: rows weighed by what the window
   needs of each output channel, and a joint re-fit across rows (`snows_core.masks.window_obc`).
 

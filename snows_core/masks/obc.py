@@ -12,7 +12,9 @@ matrix is re-inverted, and every step sees the exact inverse of what is left. Sp
 O(d^3) per row for choosing freely.
 
 Here: rows run as a batch, (rows, a, a), the a inputs still alive gathered to the front whenever a quarter
-of them have gone (the work shrinks with the square of what is left: about d^3 / 3 per row, not d^3).
+of them have gone (the work shrinks with the square of what is left: about d^3 / 3 per row, not d^3). The
+rank-one downdates are gathered 32 at a time (H^-1 - V V^T, one step's column read through V) and applied as
+one batched product: the same arithmetic, a 32nd of the passes over the inverses (2.3x faster on 576 columns).
 How many weights each row loses is OBC's global selection within the layer: every row is pruned all
 the way with its step losses recorded, the layer's prune count goes to the smallest step losses over all
 rows, and a row loses as many weights as it has steps among them. For N:M a row prunes M - N of every
@@ -22,6 +24,10 @@ group of M, a weight no longer eligible once its group has lost M - N. Weights p
 Once a row's mask is known its weights are the exact minimiser on it, w_K = [H_KK]^-1 (w* H)_K (K the
 kept inputs): where the greedy trajectory ends in exact arithmetic, without storing the trajectory.
 
+A layer wider than `MAX_COLUMNS` input columns per group (ResNet-50's 3x3x512 convs: 4608; a ViT-B MLP's
+fc2: 3072) goes in blocks of columns, in order: exact OBC on each block with the later columns re-fitted to
+its choices through the upper Cholesky factor of H^-1, as SparseGPT does column by column (`_obc_blocked`).
+
 The objective, its start w* (the dense-target fit on the pruned path; in a later pass of a gradual
 schedule, the reconstructed weights) and the damping (lambda = 1% of the mean diagonal) are SparseGPT's,
 as are the im2col columns per group and the N:M column order for convs.
@@ -29,18 +35,20 @@ as are the im2col columns per group and the N:M column order for convs.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
-import torch.nn as nn
 
 from snows_core.engine.columns import solve_on_kept
 from snows_core.engine.problem import LayerProblem
 from snows_core.masks.method import MaskChoice, register_mask_method
 from snows_core.masks.obs import RELATIVE_DAMPING, column_order, damped_hessian, layer_start
 
-__all__ = ["obc_prune", "obc_layer", "obc_choice", "obc_unsupported", "MAX_COLUMNS"]
+__all__ = ["obc_prune", "obc_layer", "obc_choice", "rows_per_chunk", "MAX_COLUMNS"]
 
-MAX_COLUMNS = 1024  # O(d^3) per row: a layer with more input columns per group is SparseGPT's job
+MAX_COLUMNS = 1024  # O(d^3) per row: a wider layer goes in blocks of at most this many columns
 _CHUNK_BYTES = 2**28  # the batched inverses of one chunk of rows, (c, d, d) float64, stay under 256 MB
+_LAZY = 32  # rank-one downdates gathered before they touch the inverses (memory traffic / 32, same flops)
 
 
 def obc_prune(
@@ -51,6 +59,7 @@ def obc_prune(
     prior: torch.Tensor | None = None,
     relative_damping: float = RELATIVE_DAMPING,
     row_weights: torch.Tensor | None = None,
+    max_columns: int = MAX_COLUMNS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune `prune` weights of `weight` (rows, d) (or N of every M columns per row) by exact OBS per row.
 
@@ -64,6 +73,8 @@ def obc_prune(
         relative_damping: lambda as a fraction of each group's mean diagonal of H.
         row_weights: (rows,) > 0, what a unit of each row's loss costs in the global selection (None: 1 each;
             `snows_core.masks.window_obc` weighs rows by the K-window's curvature).
+        max_columns: the widest d solved with one inverse per row; a wider layer goes in blocks of columns
+            (`_obc_blocked`).
 
     Returns:
         (mask, weight): bool (rows, d) with True = kept, and the re-fitted weights, zero where pruned.
@@ -75,13 +86,38 @@ def obc_prune(
     groups = h.shape[0]
     group_of_row = torch.arange(rows, device=weight.device) // (rows // groups)  # (rows,)
     w = weight.detach().to(torch.float64) * ~dead[group_of_row]  # (rows, d)
-    target = (w.view(groups, rows // groups, d) @ h).view(rows, d)  # w* H, so that w_K = [H_KK]^-1 (w* H)_K
     kept = torch.ones(rows, d, dtype=torch.bool, device=w.device) if prior is None else prior.clone()
-    order, losses = _greedy_removals(target, h, group_of_row, kept, nm)  # (rows, steps), (rows, steps)
+    extra = None if nm is None else 0
     if nm is None:
         extra = prune - int((~kept).sum())
-        if not 0 <= extra <= int(torch.isfinite(losses).sum()):
+        if not 0 <= extra <= int(kept.sum()):
             raise ValueError(f"cannot prune {prune} of {rows * d} weights with {int((~kept).sum())} pruned before")
+    if d <= max_columns:
+        kept, w = _obc_exact(w, h, group_of_row, kept, extra, nm, row_weights)
+    else:
+        kept, w = _obc_blocked(w, h, group_of_row, kept, extra, nm, row_weights, max_columns)
+    return kept, w.to(weight.dtype)
+
+
+def _obc_exact(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    group_of_row: torch.Tensor,
+    kept: torch.Tensor,
+    extra: int | None,
+    nm: tuple[int, int] | None,
+    row_weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OBC on all of `w` (rows, d) at once under the damped `h` (groups, d, d): `extra` more weights pruned by
+    the global selection (None: N:M), (kept, re-fitted weights in float64)."""
+    rows, d = w.shape
+    groups = h.shape[0]
+    target = (w.view(groups, rows // groups, d) @ h).view(rows, d)  # w* H, so that w_K = [H_KK]^-1 (w* H)_K
+    kept = kept.clone()
+    order, losses = _greedy_removals(target, h, group_of_row, kept, nm)  # (rows, steps), (rows, steps)
+    if nm is None:
+        if extra > int(torch.isfinite(losses).sum()):
+            raise ValueError(f"cannot prune {extra} more of {int(kept.sum())} kept weights")
         chosen = torch.zeros(losses.numel(), dtype=torch.bool, device=w.device)
         costs = losses if row_weights is None else losses * row_weights.to(losses)[:, None]  # (rows, steps)
         chosen[torch.topk(costs.flatten(), extra, largest=False).indices] = True
@@ -92,7 +128,81 @@ def obc_prune(
     taken = steps[None] < counts[:, None]  # (rows, steps); a row's padding (order -1) is never taken
     removed = torch.zeros(rows, d + 1, dtype=torch.bool, device=w.device).scatter_(1, order + 1, taken)[:, 1:]
     kept &= ~removed
-    return kept, solve_on_kept(h, group_of_row, kept.double(), target).to(weight.dtype)
+    return kept, solve_on_kept(h, group_of_row, kept.double(), target)
+
+
+def _obc_blocked(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    group_of_row: torch.Tensor,
+    kept: torch.Tensor,
+    extra: int | None,
+    nm: tuple[int, int] | None,
+    row_weights: torch.Tensor | None,
+    max_columns: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocked OBC for a layer too wide for one inverse per row: exact OBC on one block of columns at a time,
+    in order, the later columns re-fitted to every choice (SparseGPT's order, over blocks of columns).
+
+    With the earlier blocks fixed and F = (block b, later columns L) free, the loss of a change d_b of the
+    block, the later columns re-fitted, is d_b ([H_F^-1]_bb)^-1 d_b^T, and the re-fit is d_L = d_b U_bb^-1 U_bL,
+    U the upper Cholesky factor of H^-1 (H_F^-1 = U_FF^T U_FF, so its blocks are U's). So block b is exactly
+    OBC with the inverse Hessian [H_F^-1]_bb = U_bb^T U_bb. How many weights each block loses is chosen first,
+    globally (`_block_shares`). One block (d <= max_columns) is `_obc_exact`.
+    """
+    rows, d = w.shape
+    groups = h.shape[0]
+    step = nm[1] if nm else 1  # blocks hold whole N:M groups
+    n_blocks = -(-d // (max_columns // step * step))
+    width = -(-d // (n_blocks * step)) * step  # as equal as whole groups allow, at most max_columns
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (groups, d, d)
+    w, kept = w.clone(), kept.clone()
+    bounds = [*range(0, d, width), d]
+    shares = None if extra is None else _block_shares(w, h, group_of_row, kept, extra, bounds, row_weights)
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        u_bb = u[:, a:b, a:b]  # (groups, bw, bw)
+        eye = torch.eye(b - a, dtype=u.dtype, device=u.device)
+        u_inv = torch.linalg.solve_triangular(u_bb, eye, upper=True)  # (groups, bw, bw): U_bb^-1
+        h_block = u_inv @ u_inv.mT  # (groups, bw, bw): ([H_F^-1]_bb)^-1
+        share = None if extra is None else shares[i]
+        kept[:, a:b], solved = _obc_exact(w[:, a:b], h_block, group_of_row, kept[:, a:b], share, nm, row_weights)
+        change = (solved - w[:, a:b]).view(groups, rows // groups, b - a)  # (groups, rows/g, bw)
+        w[:, a:b] = solved
+        if b < d:
+            w[:, b:] += (change @ u_inv @ u[:, a:b, b:]).view(rows, d - b)  # the later columns' re-fit
+    return kept, w * kept
+
+
+def _block_shares(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    group_of_row: torch.Tensor,
+    kept: torch.Tensor,
+    extra: int,
+    bounds: list[int],
+    row_weights: torch.Tensor | None,
+) -> list[int]:
+    """How many of `extra` each block of columns loses: OBC's global selection over every block's greedy
+    trajectory with all other columns free (under ([H^-1]_bb)^-1, so that a step's loss counts what the whole
+    row can re-fit, comparable across blocks)."""
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))  # (groups, d, d)
+    rows = w.shape[0]
+    costs = []
+    for a, b in itertools.pairwise(bounds):
+        h_free = torch.linalg.inv(hinv[:, a:b, a:b])  # (groups, bw, bw)
+        target = (w[:, a:b].view(h.shape[0], rows // h.shape[0], b - a) @ h_free).view(rows, b - a)
+        _, losses = _greedy_removals(target, h_free, group_of_row, kept[:, a:b].clone(), None)  # (rows, steps)
+        costs.append((losses if row_weights is None else losses * row_weights.to(losses)[:, None]).flatten())
+    if extra > int(sum(torch.isfinite(c).sum() for c in costs)):
+        raise ValueError(f"cannot prune {extra} more of {int(kept.sum())} kept weights")
+    block_of = torch.cat([torch.full((len(c),), i, device=w.device) for i, c in enumerate(costs)])
+    chosen = block_of[torch.topk(torch.cat(costs), extra, largest=False).indices]
+    return torch.bincount(chosen, minlength=len(costs)).tolist()
+
+
+def rows_per_chunk(d: int) -> int:
+    """How many rows of d alive inputs OBC's greedy pass holds at once: their inverses stay under 256 MB."""
+    return max(1, _CHUNK_BYTES // (8 * d * d))
 
 
 def _greedy_removals(
@@ -102,7 +212,7 @@ def _greedy_removals(
     given by `target` = w* H): (order, losses), the column removed at each step and its loss (-1 and inf once a
     row has nothing left)."""
     rows, d = target.shape
-    chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+    chunk = rows_per_chunk(d)
     parts = [
         _greedy_chunk(target[i : i + chunk], h[group_of_row[i : i + chunk]], kept[i : i + chunk], nm)
         for i in range(0, rows, chunk)
@@ -126,9 +236,11 @@ def _greedy_chunk(
     w = (hinv @ target.gather(1, cols)[:, :, None])[..., 0]  # (c, a): the re-fit on them, [H_AA]^-1 (w* H)_A
     pruned_in_group = None if nm is None else (~kept).view(c, d // nm[1], nm[1]).sum(2)  # (c, d/M)
     orders, losses = [], []
+    diag = hinv.diagonal(dim1=1, dim2=2).clone()  # (c, a): [H^-1]_pp, kept current step by step
+    pending = hinv.new_zeros(c, hinv.shape[1], _LAZY)  # (c, a, B): downdates v v^T not yet applied to hinv
+    j = 0
     while True:
         candidate = live if nm is None else live & (pruned_in_group.gather(1, cols // nm[1]) < nm[1] - nm[0])
-        diag = hinv.diagonal(dim1=1, dim2=2)  # (c, a)
         score = torch.where(candidate, w.pow(2) / diag, torch.full_like(w, float("inf")))  # OBS loss, x2
         best, p = score.min(1)  # (c,), (c,)
         active = torch.isfinite(best)
@@ -136,16 +248,24 @@ def _greedy_chunk(
             break
         orders.append(torch.where(active, cols[rows, p], -1))
         losses.append(best)
-        column = hinv[rows, :, p]  # (c, a): [H^-1]_{:,p}
+        column = hinv[rows, :, p] - (pending[:, :, :j] @ pending[rows, p, :j, None])[..., 0]  # (c, a): [H^-1]_{:,p}
         step = torch.where(active, 1.0 / diag[rows, p], 0.0)  # a row with nothing left stands still
         w -= (w[rows, p] * step)[:, None] * column
-        hinv.baddbmm_(column[:, :, None], (column * step[:, None])[:, None, :], alpha=-1.0)
+        v = column * step.sqrt()[:, None]  # (c, a): H^-1 -= v v^T, the rank-one downdate
+        diag -= v.pow(2)
+        pending[:, :, j] = v
+        j += 1
         w[rows, p] = torch.where(active, 0.0, w[rows, p])
         live[rows, p] &= ~active
         if pruned_in_group is not None:
             pruned_in_group[rows, cols[rows, p] // nm[1]] += active.long()
-        if int(live.sum(1).max()) <= 3 * live.shape[1] // 4:
+        shrink = int(live.sum(1).max()) <= 3 * live.shape[1] // 4
+        if j == _LAZY or shrink:  # B downdates at once: one batched product instead of B passes over hinv
+            hinv.baddbmm_(pending[:, :, :j], pending[:, :, :j].mT, alpha=-1.0)
+            diag, j = hinv.diagonal(dim1=1, dim2=2).clone(), 0
+        if shrink:
             cols, w, hinv, live = _shrink(cols, w, hinv, live)
+            diag, pending = hinv.diagonal(dim1=1, dim2=2).clone(), hinv.new_zeros(c, hinv.shape[1], _LAZY)
     if not orders:
         return torch.empty(c, 0, dtype=torch.long, device=w.device), torch.empty(c, 0, dtype=w.dtype, device=w.device)
     return torch.stack(orders, 1), torch.stack(losses, 1)
@@ -172,19 +292,11 @@ def _principal(m: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return m.gather(1, idx[:, :, None].expand(-1, -1, m.shape[2])).gather(2, idx[:, None, :].expand(-1, a, -1))
 
 
-def obc_unsupported(module: nn.Module) -> str | None:
-    """Why OBC will not take this layer (None when it will): too many input columns per group."""
-    d = module.weight[0].numel()  # in/groups x kh x kw for a conv, in for a Linear
-    if d > MAX_COLUMNS:
-        return f"it has {d} input columns per group; obc costs O(d^3) per row and takes at most {MAX_COLUMNS}"
-    return None
-
-
 @register_mask_method(
     "obc",
     in_loop=True,
-    unsupported=obc_unsupported,
-    summary="OBC: exact OBS one weight at a time per row on the pruned path (moves weights; small layers)",
+    summary="OBC: exact OBS one weight at a time per row on the pruned path (moves weights; wide layers in blocks "
+    "of columns)",
 )
 def obc_choice(problem: LayerProblem) -> MaskChoice:
     return MaskChoice(*obc_layer(problem))

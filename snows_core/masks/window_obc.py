@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from snows_core.engine.problem import LayerProblem
 from snows_core.engine.solver import conjugate_gradient
 from snows_core.masks.method import MaskChoice, register_mask_method
-from snows_core.masks.obc import obc_layer, obc_unsupported
+from snows_core.masks.obc import obc_layer
 from snows_core.masks.obs import RELATIVE_DAMPING, damped_hessian, layer_start
 
 __all__ = ["output_curvature", "group_blocks", "kronecker_refit", "window_obc_layer", "CURVATURE_IMAGES", "G_DAMPING"]
@@ -135,9 +135,8 @@ def window_obc_layer(
 @register_mask_method(
     "window-obc",
     in_loop=True,
-    unsupported=obc_unsupported,
     summary="OBC under the K-window's Kronecker-factored curvature: rows weighed by what the window needs, a joint "
-    "re-fit across rows (moves weights; small layers)",
+    "re-fit across rows (moves weights)",
 )
 def window_obc_choice(problem: LayerProblem) -> MaskChoice:
     return MaskChoice(*window_obc_layer(problem))
