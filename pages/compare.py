@@ -1,4 +1,5 @@
-"""Compare: runs side by side, the mask x reconstruction matrix, and a flag when runs are not comparable."""
+"""Compare: runs side by side, what each mask kept, the mask x reconstruction matrix, a flag when runs are not
+comparable, and the comparison as one HTML file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import empty_state, runs, store
-from snows_core.dashboard import charts
+from snows_core.dashboard import charts, kept
 from snows_core.dashboard.frames import comparability, layers_frame, mask_reconstruction_matrix, seed_repeats
 from snows_core.runs import RunStatus
 
@@ -43,20 +44,18 @@ elif repeats:
 else:
     st.success("Comparable: same dataset, calibration images, seed, evaluation subset and versions.")
 
-summary = picked[["id", "model", "label", "sparsity", "top1_dense", "top1_mask_only", "top1_final", "gain", "seconds"]]
-reference = summary.iloc[0]
-summary = summary.assign(
-    delta_vs_first=summary["top1_final"] - reference["top1_final"],
-    seconds_vs_first=summary["seconds"] - reference["seconds"],
-)
+table = kept.comparison_table(picked)
 st.dataframe(
-    summary,
+    table,
     hide_index=True,
     column_config={
-        c: st.column_config.NumberColumn(format="%.4f")
-        for c in ("top1_dense", "top1_mask_only", "top1_final", "gain", "delta_vs_first")
+        **{c: st.column_config.NumberColumn(format="%.2f") for c in table.columns if "(%)" in c or "points" in c},
+        "Seconds": st.column_config.NumberColumn(format="%d s"),
+        "Seconds vs first": st.column_config.NumberColumn(format="%+d s"),
     },
+    key="compare_table",
 )
+st.caption("The first run is the reference for the differences; accuracies in percent, differences in points.")
 
 layers = pd.concat(
     [
@@ -65,8 +64,51 @@ layers = pd.concat(
     ],
     ignore_index=True,
 )
+figures = []
 if not layers.empty:
-    st.plotly_chart(charts.compare_layer_losses(layers), key="compare_layers")
+    figures.append(charts.compare_layer_losses(layers))
+    st.plotly_chart(figures[-1], key="compare_layers")
+
+
+@st.cache_data(show_spinner="Reading the stored masks…", max_entries=32)
+def mask_views(runs: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    return kept.compare_masks(store(), runs)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def pattern_view(runs: dict[str, str], layer: str) -> pd.DataFrame:
+    return kept.layer_pattern(store(), runs, layer)
+
+
+st.subheader("What each mask kept")
+labelled = {f"{run_id[-6:]} {label}": run_id for run_id, label in zip(picked["id"], picked["label"], strict=True)}
+if picked["model"].nunique() > 1:
+    st.info("Masks compare within one model: pick runs of the same model to see what each kept.")
+else:
+    overlap, sparsity, common = mask_views(labelled)
+    if not common:
+        st.info("These runs stored no masks to compare (imported without them, or removed).")
+    else:
+        figures += [charts.overlap_chart(overlap), charts.layer_sparsity_chart(sparsity)]
+        st.plotly_chart(figures[-2], key="mask_overlap")
+        st.caption(
+            "1 = both runs kept exactly the same weights of that layer; hover for the share of each run's kept "
+            "weights the other kept too."
+        )
+        st.plotly_chart(figures[-1], key="mask_sparsity")
+        layer = st.selectbox("Layer", common, key="kept_layer")
+        stored = list(dict.fromkeys(sparsity["run"]))  # the runs that stored masks
+        pattern_runs = st.multiselect(
+            "Runs side by side", stored, default=stored[:2], max_selections=4, key="kept_runs"
+        )
+        if len(pattern_runs) >= 1:
+            pattern = pattern_view({label: labelled[label] for label in pattern_runs}, layer)
+            figures.append(charts.kept_pattern_chart(pattern, layer))
+            st.plotly_chart(figures[-1], key="kept_pattern")
+            st.caption(
+                "Top: how many of each output x input channel cell's weights (kernel positions summed) the run "
+                "kept. Bottom: the weights that run alone kept among those shown."
+            )
 
 st.subheader("Mask x reconstruction")
 model_runs = done[done["model"] == picked["model"].iloc[0]]
@@ -77,8 +119,24 @@ if sparsities:
     )
     top1, gain = mask_reconstruction_matrix(model_runs[model_runs["sparsity"] == sparsity])
     if not top1.empty:
-        st.plotly_chart(charts.matrix_heatmap(top1, gain), key="matrix")
+        figures.append(charts.matrix_heatmap(top1, gain))
+        st.plotly_chart(figures[-1], key="matrix")
         st.caption(
             "Cells: top-1 of the newest finished run, and its gain over the mask alone on the same images "
             "(with several seeds, the mean over seeds)."
         )
+
+st.download_button(
+    "Download report",
+    lambda: charts.report_html(  # built when clicked: plotly.js inline makes it megabytes
+        "SNOWS Lab: runs compared",
+        table,
+        figures,
+        notes=f"{len(picked)} runs of {', '.join(picked['model'].unique())}; the first is the reference.",
+    ),
+    file_name="snows-comparison.html",
+    mime="text/html",
+    icon=":material/download:",
+    key="compare_report",
+    help="One HTML file with this table and these charts, interactive, that opens offline.",
+)

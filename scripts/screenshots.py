@@ -4,8 +4,9 @@
 
 STORE should hold some finished runs (e.g. the sweep of benchmarks/bench_queue.py) and, for the
 Sensitivity page, a finished sensitivity scan (the newest is shown). The Learn page is shot at its 2-D
-Newton-CG explorer; "speed" is Run detail's Speed tab (of `--speed-run`, a run submitted with
---measure-speed). `--pages` shoots only the pages named.
+Newton-CG explorer; "masks" is Compare's "What each mask kept" (of the runs Compare picks: give the store two
+finished runs of one model, e.g. magnitude and obc masks); "speed" is Run detail's Speed tab (of `--speed-run`,
+a run submitted with --measure-speed). `--pages` shoots only the pages named.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.browser import chromium, select_option, serve_app  # noqa: E402
 
-PAGES = ("launch", "runs", "tradeoffs", "compare", "run_detail", "speed", "sensitivity", "learn")
+PAGES = ("launch", "runs", "tradeoffs", "compare", "masks", "run_detail", "speed", "sensitivity", "learn")
 
 
 def main() -> None:
@@ -54,6 +55,12 @@ def main() -> None:
         ):
             page.get_by_role("link", name=link).first.click()
             shoot(name, selector)
+        if "masks" in args.pages:
+            page.get_by_role("link", name="Compare").first.click()
+            heading = page.get_by_role("heading", name="What each mask kept")
+            page.locator(".js-plotly-plot", has_text="what each mask kept").first.wait_for(timeout=60_000)
+            heading.evaluate("heading => heading.scrollIntoView()")
+            shoot("masks", delay=3000)
         page.goto(url + "/run_detail" + (f"?run={args.run}" if args.run else ""))
         shoot("run_detail", ".js-plotly-plot", delay=4000)
         if "speed" in args.pages:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
+from safetensors.numpy import save_file
+
 from snows_core import PruneConfig
 from snows_core.runs import RunSpec, RunStatus, RunStore
 
@@ -124,6 +127,16 @@ def populate(home: Path) -> dict[str, str]:
     store.claim_next(pid=stand_in.pid)
     solve_events(store, ids["running"], LAYERS[:1], trajectory=False)
     return ids
+
+
+def add_masks(home: Path, run_id: str, seed: int) -> dict[str, np.ndarray]:
+    """masks.safetensors for a finished run: each of LAYERS a seeded (8, 4, 3, 3) mask, half kept."""
+    rng = np.random.default_rng(seed)
+    masks = {layer: rng.permutation(np.arange(288) < 144).reshape(8, 4, 3, 3) for layer in LAYERS}
+    folder = RunStore(home).run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(masks, str(folder / "masks.safetensors"))  # bool, as a run stores them
+    return masks
 
 
 def add_staged_run(home: Path) -> str:

@@ -11,7 +11,15 @@ from snows_core import PruneConfig
 from snows_core.cli import _parser, config_from_args
 from snows_core.runs import RunSpec, RunStatus, RunStore
 from snows_core.runs.process import exclusive
-from tests.store_fixtures import LAYERS, add_sensitivity_run, add_staged_run, populate, result, solve_events
+from tests.store_fixtures import (
+    LAYERS,
+    add_masks,
+    add_sensitivity_run,
+    add_staged_run,
+    populate,
+    result,
+    solve_events,
+)
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 BEST_PRESET = "Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)"
@@ -50,6 +58,25 @@ def test_every_page_renders_with_runs_in_every_state(home, page):
         assert len(at.get("plotly_chart")) == 3
     if page == "compare":
         assert at.success and len(at.get("plotly_chart")) == 2  # the sweep is comparable
+
+
+def test_compare_shows_what_each_mask_kept_a_readable_table_and_a_report(home):
+    ids = populate(home)
+    add_masks(home, ids["done"], seed=0)
+    add_masks(home, ids["done_wanda"], seed=1)
+    at = open_page("compare")  # the sweep's four runs; two of them stored masks
+    table = at.dataframe[0].value
+    assert list(table.columns)[:4] == ["Run", "Model", "Setting", "Sparsity (%)"]
+    assert table["Final top-1 (%)"].tolist() == [90.5, 90.0, 92.0, 91.0]  # newest first, in percent
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert "What the masks share: Jaccard index of kept weights per layer" in titles
+    assert "Per-layer sparsity of each run's masks" in titles
+    assert f"{LAYERS[0]}: what each mask kept" in titles
+    at.selectbox(key="kept_layer").set_value(LAYERS[2]).run()
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert f"{LAYERS[2]}: what each mask kept" in titles
+    (button,) = at.get("download_button")
+    assert button.proto.label == "Download report"
 
 
 def test_run_detail_draws_the_solvers_trace_for_the_chosen_layer(home):

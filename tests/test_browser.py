@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from store_fixtures import populate
+from store_fixtures import add_masks, populate
 
 from scripts.browser import CHROMIUM, chromium, select_option, serve_app
 from snows_core.runs import RunStore
@@ -41,6 +41,19 @@ def test_a_deep_link_opened_first_on_a_fresh_server_gets_the_apps_navigation_and
             assert page.url.endswith(f"/run_detail?run={ids['done']}")
         else:  # a helper module is no page: the default page instead
             page.get_by_text("Launch a pruning run").wait_for(timeout=120_000)
+
+
+def test_two_finished_runs_masks_overlap_drawn_on_compare(home, tmp_path):
+    ids = populate(home)
+    add_masks(home, ids["done"], seed=0)
+    add_masks(home, ids["done_wanda"], seed=1)
+    with serve_app(home, tmp_path / "streamlit.log") as url, chromium(1400, 1800) as page:
+        page.goto(f"{url}/compare")
+        overlap = page.locator(".js-plotly-plot", has_text="What the masks share").first
+        overlap.wait_for(timeout=300_000)
+        page.locator(".js-plotly-plot", has_text="what each mask kept").first.wait_for(timeout=120_000)
+        assert overlap.locator(".scatterlayer .trace").count() == 1  # one pair: the two runs with masks
+        assert page.get_by_role("button", name=re.compile("Download report")).count() == 1
 
 
 def test_launch_a_teaching_demo_and_see_its_charts(home, tmp_path):

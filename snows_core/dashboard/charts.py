@@ -36,6 +36,10 @@ __all__ = [
     "compare_layer_losses",
     "matrix_heatmap",
     "mask_heatmap",
+    "overlap_chart",
+    "kept_pattern_chart",
+    "layer_sparsity_chart",
+    "report_html",
     "plot_newton_cg_2d",
     "sensitivity_heatmap",
     "sensitivity_curves",
@@ -450,6 +454,97 @@ def mask_heatmap(mask: pd.DataFrame, title: str) -> go.Figure:
     fig.update_layout(title=title, xaxis_title="input", yaxis_title="output", template=TEMPLATE)
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def overlap_chart(overlap: pd.DataFrame) -> go.Figure:
+    """`kept.overlap_frame`: per layer, the Jaccard index of each pair's kept weights (1 = the same mask)."""
+    fig = _figure("What the masks share: Jaccard index of kept weights per layer", "layer", "Jaccard |A∩B| / |A∪B|")
+    for pair, rows in overlap.groupby("pair", sort=False):
+        fig.add_scatter(
+            x=rows["layer"],
+            y=rows["jaccard"],
+            mode="lines+markers",
+            name=str(pair),
+            customdata=np.stack([rows["shared_of_a"], rows["shared_of_b"], rows["shared"]], axis=1),
+            hovertemplate="%{x}<br>Jaccard %{y:.3f}<br>of the first's kept: %{customdata[0]:.1%}"
+            "<br>of the second's kept: %{customdata[1]:.1%}<br>%{customdata[2]} shared<extra></extra>",
+        )
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def kept_pattern_chart(pattern: pd.DataFrame, layer: str) -> go.Figure:
+    """`kept.kept_pattern_frame`: each run's kept pattern (top row) and the weights only that run kept (bottom
+    row), output x input channels, a cell's count of the weights it holds."""
+    runs = list(dict.fromkeys(pattern["run"]))
+    fig = make_subplots(
+        rows=2,
+        cols=len(runs),
+        subplot_titles=[*(f"{run}: kept" for run in runs), *(f"{run}: kept by it alone" for run in runs)],
+        shared_yaxes=True,
+        vertical_spacing=0.12,
+    )
+    positions = int(pattern["positions"].iloc[0])
+    for col, run in enumerate(runs, start=1):
+        rows = pattern[pattern["run"] == run]
+        for row, (field, scale) in enumerate((("kept", "Blues"), ("only", "Reds")), start=1):
+            grid = rows.pivot(index="out", columns="in", values=field)
+            fig.add_heatmap(
+                z=grid.to_numpy(),
+                x=list(grid.columns),
+                y=list(grid.index),
+                zmin=0,
+                zmax=positions,
+                colorscale=scale,
+                showscale=col == len(runs),
+                colorbar={"len": 0.42, "y": 0.79 if row == 1 else 0.21, "title": field},
+                hovertemplate=f"out %{{y}}, in %{{x}}: %{{z}} of {positions} {field}<extra>{run}</extra>",
+                row=row,
+                col=col,
+            )
+    fig.update_yaxes(autorange="reversed", title_text="output channel", col=1)
+    fig.update_xaxes(title_text="input channel", row=2)
+    fig.update_layout(title=f"{layer}: what each mask kept", template=TEMPLATE, height=720)
+    return fig
+
+
+def layer_sparsity_chart(sparsity: pd.DataFrame) -> go.Figure:
+    """`kept.layer_sparsity_frame`: each run's sparsity per layer on one chart (its allocation)."""
+    fig = _figure("Per-layer sparsity of each run's masks", "layer", "sparsity")
+    for run, rows in sparsity.groupby("run", sort=False):
+        fig.add_scatter(
+            x=rows["layer"],
+            y=rows["sparsity"],
+            mode="lines+markers",
+            name=str(run),
+            customdata=rows["weights"],
+            hovertemplate="%{x}: %{y:.1%} of %{customdata} weights<extra></extra>",
+        )
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    return fig
+
+
+def report_html(title: str, table: pd.DataFrame, figures: list[go.Figure], notes: str = "") -> str:
+    """One standalone HTML file: the title, notes, the table and the figures, interactive (plotly.js inline
+    once, so the file opens offline)."""
+    from html import escape
+
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs=i == 0, default_width="100%", default_height=f"{h}px")
+        for i, (fig, h) in enumerate((fig, fig.layout.height or 480) for fig in figures)
+    ]
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}"
+        "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{style}</style>"
+        f"</head><body><h1>{escape(title)}</h1><p>{escape(notes)}</p>"
+        f"{table.to_html(index=False, border=0, na_rep='')}"
+        + "".join(f"<div>{part}</div>" for part in parts)
+        + "</body></html>"
+    )
 
 
 def plot_newton_cg_2d(step: NewtonCG2D) -> go.Figure:

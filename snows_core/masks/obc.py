@@ -93,9 +93,9 @@ def obc_prune(
         if not 0 <= extra <= int(kept.sum()):
             raise ValueError(f"cannot prune {prune} of {rows * d} weights with {int((~kept).sum())} pruned before")
     if d <= max_columns:
-        kept, w = _obc_exact(w, h, group_of_row, kept, extra, nm, row_weights)
+        kept, w = _obc_exact(w, h, group_of_row, kept, extra, nm=nm, row_weights=row_weights)
     else:
-        kept, w = _obc_blocked(w, h, group_of_row, kept, extra, nm, row_weights, max_columns)
+        kept, w = _obc_blocked(w, h, group_of_row, kept, extra, nm=nm, row_weights=row_weights, max_columns=max_columns)
     return kept, w.to(weight.dtype)
 
 
@@ -158,14 +158,20 @@ def _obc_blocked(
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (groups, d, d)
     w, kept = w.clone(), kept.clone()
     bounds = [*range(0, d, width), d]
-    shares = None if extra is None else _block_shares(w, h, group_of_row, kept, extra, bounds, row_weights)
+    shares = (
+        None
+        if extra is None
+        else _block_shares(w, h, group_of_row, kept, extra, bounds=bounds, row_weights=row_weights)
+    )
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         u_bb = u[:, a:b, a:b]  # (groups, bw, bw)
         eye = torch.eye(b - a, dtype=u.dtype, device=u.device)
         u_inv = torch.linalg.solve_triangular(u_bb, eye, upper=True)  # (groups, bw, bw): U_bb^-1
         h_block = u_inv @ u_inv.mT  # (groups, bw, bw): ([H_F^-1]_bb)^-1
         share = None if extra is None else shares[i]
-        kept[:, a:b], solved = _obc_exact(w[:, a:b], h_block, group_of_row, kept[:, a:b], share, nm, row_weights)
+        kept[:, a:b], solved = _obc_exact(
+            w[:, a:b], h_block, group_of_row, kept[:, a:b], share, nm=nm, row_weights=row_weights
+        )
         change = (solved - w[:, a:b]).view(groups, rows // groups, b - a)  # (groups, rows/g, bw)
         w[:, a:b] = solved
         if b < d:
