@@ -22,6 +22,7 @@ PAGES = [
     ("pages/tradeoffs.py", "Trade-offs", ":material/scatter_plot:"),
     ("pages/compare.py", "Compare", ":material/compare_arrows:"),
     ("pages/sensitivity.py", "Sensitivity", ":material/query_stats:"),
+    ("pages/lesson.py", "Lesson", ":material/co_present:"),
     ("pages/learn.py", "Learn", ":material/school:"),
 ]
 REFRESH_SECONDS = 2.0

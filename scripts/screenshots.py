@@ -6,7 +6,8 @@ STORE should hold some finished runs (e.g. the sweep of benchmarks/bench_queue.p
 Sensitivity page, a finished sensitivity scan (the newest is shown). The Learn page is shot at its 2-D
 Newton-CG explorer; "masks" is Compare's "What each mask kept" (of the runs Compare picks: give the store two
 finished runs of one model, e.g. magnitude and obc masks); "speed" is Run detail's Speed tab (of `--speed-run`,
-a run submitted with --measure-speed). `--pages` shoots only the pages named.
+a run submitted with --measure-speed); "lesson" is the lesson's step 3 in presentation mode (give the store its
+runs: benchmarks/bench_lesson.py --home STORE). `--pages` shoots only the pages named.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.browser import chromium, select_option, serve_app  # noqa: E402
 
-PAGES = ("launch", "runs", "tradeoffs", "compare", "masks", "run_detail", "speed", "sensitivity", "learn")
+PAGES = ("launch", "runs", "tradeoffs", "compare", "masks", "run_detail", "speed", "sensitivity", "lesson", "learn")
 
 
 def main() -> None:
@@ -71,6 +72,10 @@ def main() -> None:
         if "sensitivity" in args.pages:
             page.get_by_role("link", name="Sensitivity").first.click()
             shoot("sensitivity", ".js-plotly-plot", delay=4000)
+        if "lesson" in args.pages:
+            page.goto(url + "/lesson?step=3&present=1")
+            page.locator(".js-plotly-plot", has_text="CG residual").first.wait_for(timeout=60_000)
+            shoot("lesson", ".js-plotly-plot", delay=3000, height=1300)
         if "learn" in args.pages:  # the 2-D Newton-CG explorer
             page.get_by_role("link", name="Learn").first.click()
             page.get_by_text("3. Newton-CG in two dimensions").wait_for(timeout=60_000)

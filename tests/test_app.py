@@ -23,7 +23,7 @@ from tests.store_fixtures import (
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 BEST_PRESET = "Best at high sparsity: OBC masks, 90% in 5 gradual stages (resnet20)"
-PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "sensitivity", "learn"]
+PAGES = ["launch", "runs", "run_detail", "tradeoffs", "compare", "sensitivity", "lesson", "learn"]
 
 
 def open_page(page: str, **state) -> AppTest:
@@ -41,8 +41,10 @@ def open_page(page: str, **state) -> AppTest:
 def test_every_page_renders_on_an_empty_store_with_a_next_step(home, page):
     at = open_page(page)
     assert at.title
-    if page not in ("launch", "learn", "sensitivity"):
+    if page not in ("launch", "learn", "sensitivity", "lesson"):
         assert at.info and at.get("page_link")  # says what to do next
+    if page == "lesson":
+        assert at.button(key="lesson_run")  # the step's run, one click away
     if page == "sensitivity":
         assert at.info and at.button  # says what to do next, and the form can launch a scan
 

@@ -34,7 +34,7 @@ def test_a_deep_link_opened_first_on_a_fresh_server_gets_the_apps_navigation_and
         nav.get_by_role("link", name="Trade-offs").wait_for(timeout=300_000)
         page.get_by_text("Store:").wait_for(timeout=120_000)  # the shared sidebar
         links = [name.split("\n")[-1].strip().lower() for name in nav.get_by_role("link").all_inner_texts()]  # no icon
-        assert links == ["launch", "runs", "run detail", "trade-offs", "compare", "sensitivity", "learn"]
+        assert links == ["launch", "runs", "run detail", "trade-offs", "compare", "sensitivity", "lesson", "learn"]
         if first == "run_detail":  # the requested page and run, its query kept
             page.get_by_role("heading", name="Run detail").wait_for(timeout=120_000)
             page.get_by_text("91.00%").wait_for(timeout=120_000)  # that run's final top-1 (the newest is running)
@@ -54,6 +54,27 @@ def test_two_finished_runs_masks_overlap_drawn_on_compare(home, tmp_path):
         page.locator(".js-plotly-plot", has_text="what each mask kept").first.wait_for(timeout=120_000)
         assert overlap.locator(".scatterlayer .trace").count() == 1  # one pair: the two runs with masks
         assert page.get_by_role("button", name=re.compile("Download report")).count() == 1
+
+
+def test_the_lessons_first_three_steps_from_a_fresh_store(home, tmp_path):
+    shots = Path(os.environ.get("SNOWS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    titles = ["1. Prune 90% of the weights", "2. Re-fit each layer to its own output", "3. Reconstruct K operations"]
+    with serve_app(home, tmp_path / "streamlit.log") as url, chromium(1400, 1200) as page:
+        page.goto(f"{url}/lesson?step=1&present=1")  # presentation mode, as in class
+        for number, title in enumerate(titles, start=1):
+            page.get_by_role("heading", name=re.compile("^" + re.escape(title))).wait_for(timeout=300_000)
+            page.get_by_role("button", name=re.compile("Run this step")).click()
+            # generous: seconds a step idle, minutes on a loaded machine
+            page.locator(".js-plotly-plot", has_text="Top-1 on 1,000 test images").first.wait_for(timeout=900_000)
+            if number == 3:  # the K-deep step also shows the Newton-CG solve
+                page.locator(".js-plotly-plot", has_text="CG residual").first.wait_for(timeout=120_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(shots / f"lesson-{number}.png"))
+            if number < len(titles):
+                page.get_by_role("button", name=re.compile("Next")).click()
+                page.wait_for_url(f"**/lesson?step={number + 1}&present=1", timeout=120_000)
+        assert [r["status"] for r in RunStore(home).list()] == ["done"] * 3
 
 
 def test_launch_a_teaching_demo_and_see_its_charts(home, tmp_path):

@@ -40,6 +40,7 @@ __all__ = [
     "kept_pattern_chart",
     "layer_sparsity_chart",
     "report_html",
+    "accuracy_bars",
     "plot_newton_cg_2d",
     "sensitivity_heatmap",
     "sensitivity_curves",
@@ -521,6 +522,24 @@ def layer_sparsity_chart(sparsity: pd.DataFrame) -> go.Figure:
             hovertemplate="%{x}: %{y:.1%} of %{customdata} weights<extra></extra>",
         )
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    return fig
+
+
+def accuracy_bars(bars: pd.DataFrame, dense: float | None = None) -> go.Figure:
+    """Top-1 as bars (`bars`: label, top1 in [0, 1]), the dense network's as a dashed line; for the lesson."""
+    fig = go.Figure(
+        go.Bar(
+            x=bars["label"],
+            y=bars["top1"],
+            text=[f"{v:.1%}" for v in bars["top1"]],
+            textposition="outside",
+            marker_color=px.colors.qualitative.Plotly[: len(bars)],
+        )
+    )
+    if dense is not None:
+        fig.add_hline(y=dense, line_dash="dash", annotation_text=f"dense {dense:.1%}", annotation_position="top left")
+    fig.update_layout(title="Top-1 on 1,000 test images", yaxis_title="top-1", template=TEMPLATE, showlegend=False)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.08])
     return fig
 
 

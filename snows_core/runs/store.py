@@ -405,6 +405,17 @@ class RunStore:
             ).fetchone()
         return row[0] if row else None
 
+    def find_active(self, spec_hash: str, version: str) -> str | None:
+        """The newest queued or running run with this spec hash and library version, if any (so a page that
+        would launch it again follows that one instead)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND status IN ('queued', 'running') "
+                "ORDER BY created DESC",
+                (spec_hash, version),
+            ).fetchone()
+        return row[0] if row else None
+
     def mark_dead(self, is_alive: Callable[[int, float | None], bool], stale_after: float) -> list[str]:
         """End the running runs whose worker is gone: failed ("worker died"), or cancelled when a cancel was
         asked for (the dispatcher stopping a worker that ignored it must not read as a crash). A local run with
