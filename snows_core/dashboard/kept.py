@@ -39,8 +39,13 @@ def load_masks(store: RunStore, run_id: str) -> dict[str, np.ndarray]:
     return {name: mask.astype(bool) for name, mask in load_file(str(path)).items()} if path.is_file() else {}
 
 
+OVERLAP_COLUMNS = ["layer", "pair", "kept_a", "kept_b", "shared", "shared_of_a", "shared_of_b", "jaccard"]
+
+
 def _common_layers(masks: dict[str, dict[str, np.ndarray]]) -> list[str]:
-    """The layers every run pruned with one shape, in the first run's order."""
+    """The layers every run pruned with one shape, in the first run's order (none without runs)."""
+    if not masks:
+        return []
     first, *others = masks.values()
     return [n for n in first if all(n in m and m[n].shape == first[n].shape for m in others)]
 
@@ -66,8 +71,7 @@ def overlap_frame(masks: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
                     "jaccard": shared / union if union else float("nan"),
                 }
             )
-    columns = ["layer", "pair", "kept_a", "kept_b", "shared", "shared_of_a", "shared_of_b", "jaccard"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
 
 
 def kept_pattern_frame(masks: dict[str, dict[str, np.ndarray]], layer: str, max_side: int = 64) -> pd.DataFrame:
@@ -125,7 +129,7 @@ def compare_masks(store: RunStore, runs: dict[str, str]) -> tuple[pd.DataFrame, 
     all of them pruned alike); empty frames when fewer than two runs stored masks."""
     masks = _stored(store, runs)
     if len(masks) < 2:
-        return overlap_frame({"": {}, " ": {}}), layer_sparsity_frame({}), []
+        return pd.DataFrame(columns=OVERLAP_COLUMNS), layer_sparsity_frame({}), []
     return overlap_frame(masks), layer_sparsity_frame(masks), _common_layers(masks)
 
 

@@ -87,7 +87,7 @@ def obc_prune(
     group_of_row = torch.arange(rows, device=weight.device) // (rows // groups)  # (rows,)
     w = weight.detach().to(torch.float64) * ~dead[group_of_row]  # (rows, d)
     kept = torch.ones(rows, d, dtype=torch.bool, device=w.device) if prior is None else prior.clone()
-    extra = None if nm is None else 0
+    extra = None  # N:M: every row prunes M - N of each group, no count to share out
     if nm is None:
         extra = prune - int((~kept).sum())
         if not 0 <= extra <= int(kept.sum()):

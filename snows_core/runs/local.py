@@ -163,9 +163,11 @@ def worker_main(home: str, run_id: str, claimed: float, gpu: int | None = None) 
     on_event = cancel_on_step(run_id, record, lambda: store.cancel_requested(run_id))
 
     try:
+        from snows_core.runs.cache import store_cache
         from snows_core.runs.pipeline import execute
 
-        result = execute(spec, store.run_dir(run_id), on_event)
+        with store_cache(store.home / "cache"):  # what every run of this store computes alike, computed once
+            result = execute(spec, store.run_dir(run_id), on_event)
         finish_or_log(store, run_id, RunStatus.DONE, result)
     except RunCancelled:
         finish_or_log(store, run_id, RunStatus.CANCELLED, error="cancelled by request")

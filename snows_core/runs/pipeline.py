@@ -5,7 +5,8 @@
 `run_spec` plus the artifacts, "sensitivity" is `run_sensitivity`) and writes its artifacts. All report
 only through `on_event`.
 Top-1 is measured on the same test images three times: dense, mask only (the dense weights times the
-final masks), and final. With `spec.trajectory` it is also measured after each pruned layer: SNOWS
+final masks), and final; the dense one once per store for the same weights and images (`runs.cache`, inside
+the worker's `store_cache`). With `spec.trajectory` it is also measured after each pruned layer: SNOWS
 changes only the layer being solved, so the network after layer i is the dense one with the final
 weights of layers 0..i, rebuilt here without touching the solve (with stages: the last pass's weights).
 With `spec.measure_speed` the pruned model is also timed against its dense execution on the run's
@@ -34,6 +35,7 @@ from snows_core.models import create_model
 from snows_core.prune import prune_model, sensitivity_analysis
 from snows_core.registry import Registry
 from snows_core.report import PruneResult
+from snows_core.runs.cache import cached_evaluation
 from snows_core.runs.environment import environment
 from snows_core.runs.spec import RunSpec
 
@@ -67,7 +69,7 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
     tic = time.perf_counter()
     config = spec.config
     device, model, calib, test, calib_ids = _load(spec)
-    dense = evaluate(model, test, device=device, limit=spec.eval_size)
+    dense = _dense_evaluation(spec, model, test, device)
     result = prune_model(model, calib, config, on_event)
     mask_only = evaluate(_with_masks(model, result.masks), test, device=device, limit=spec.eval_size)
     final = evaluate(result.model, test, device=device, limit=spec.eval_size)
@@ -100,7 +102,7 @@ def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[s
     suggested = sensitivity_analysis(model, calib, test_x, test_y, spec.config, on_event)
     summary = {
         "kind": "sensitivity",
-        "top1_dense": evaluate(model, test, device=device, limit=spec.eval_size)["top1"],
+        "top1_dense": _dense_evaluation(spec, model, test, device)["top1"],
         "suggested_sparsities": suggested,
         **_provenance(spec, calib_ids, len(test_y), device),
         "seconds": time.perf_counter() - tic,
@@ -108,6 +110,12 @@ def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[s
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps({**summary, "spec": spec.to_dict()}, indent=2))
     return summary
+
+
+def _dense_evaluation(spec: RunSpec, model: torch.nn.Module, test: Dataset, device: torch.device) -> dict[str, Any]:
+    """The dense network's evaluation on the test subset: once per store for the same inputs (`runs.cache`)."""
+    compute = lambda: evaluate(model, test, device=device, limit=spec.eval_size)  # noqa: E731
+    return cached_evaluation(model, test, device, spec.eval_size, compute)
 
 
 def _load(spec: RunSpec) -> tuple[torch.device, torch.nn.Module, torch.Tensor, Dataset, torch.Tensor]:
