@@ -12,7 +12,6 @@ from snows_core import __version__
 from snows_core.dashboard import charts, kept
 from snows_core.dashboard.frames import cg_frame, steps_frame
 from snows_core.dashboard.lesson import LESSON, LessonStep, lesson_specs, step_runs, step_text
-from snows_core.runs import RunStatus
 from snows_core.runs.executor import reusable_run, submit
 
 PRESENT_CSS = """<style>
@@ -113,7 +112,7 @@ def draw_result(ids: dict[str, str], rows: pd.DataFrame) -> None:
         st.plotly_chart(sized(charts.accuracy_vs_sparsity(rows)), key="lesson_sweep")
         return
     if step.key == "collapse":  # no re-fit: the mask alone
-        bars = pd.DataFrame({"label": ["90% of weights zeroed"], "top1": rows["top1_final"]})
+        bars = pd.DataFrame({"label": ["90% of weights zeroed"], "top1": rows["top1_final"].to_numpy()})
     elif step.view in ("accuracy", "solve"):
         row = rows.iloc[0]
         bars = pd.DataFrame({"label": ["mask only", "re-fitted"], "top1": [row["top1_mask_only"], row["top1_final"]]})
@@ -137,13 +136,12 @@ def follow() -> None:
     """The step's runs as they go, then its result; refreshed while any is queued or running."""
     ids = step_runs(store(), step)
     if any(run_id is None for run_id in ids.values()):
-        st.info("Press **Run this step**: its runs take seconds (or come straight from the store when done).")
+        st.info(
+            "Press **Run this step**: its runs take seconds (or come straight from the store when done). A run "
+            "that failed or was cancelled is listed on Runs with why; the button tries it again."
+        )
         return
     rows = results_frame(ids)
-    failed = rows[~rows["status"].isin([*ACTIVE, RunStatus.DONE.value])]
-    if not failed.empty:
-        st.error(f"A run of this step ended {failed['status'].iloc[0]}: see Runs for why.", icon=":material/error:")
-        return
     active = rows[rows["status"].isin(ACTIVE)]
     if not active.empty:
         for _, row in active.iterrows():
