@@ -3,6 +3,8 @@ comparable, and the comparison as one HTML file."""
 
 from __future__ import annotations
 
+import zlib
+
 import pandas as pd
 import streamlit as st
 
@@ -71,12 +73,13 @@ if not layers.empty:
 
 
 @st.cache_data(show_spinner="Reading the stored masks…", max_entries=32)
-def mask_views(runs: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def mask_views(home: str, runs: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Cached per store and runs: a finished run's masks never change."""
     return kept.compare_masks(store(), runs)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def pattern_view(runs: dict[str, str], layer: str) -> pd.DataFrame:
+def pattern_view(home: str, runs: dict[str, str], layer: str) -> pd.DataFrame:
     return kept.layer_pattern(store(), runs, layer)
 
 
@@ -85,7 +88,7 @@ labelled = {f"{run_id[-6:]} {label}": run_id for run_id, label in zip(picked["id
 if picked["model"].nunique() > 1:
     st.info("Masks compare within one model: pick runs of the same model to see what each kept.")
 else:
-    overlap, sparsity, common = mask_views(labelled)
+    overlap, sparsity, common = mask_views(str(store().home), labelled)
     if not common:
         st.info("These runs stored no masks to compare (imported without them, or removed).")
     else:
@@ -96,13 +99,14 @@ else:
             "weights the other kept too."
         )
         st.plotly_chart(figures[-1], key="mask_sparsity")
-        layer = st.selectbox("Layer", common, key="kept_layer")
         stored = list(dict.fromkeys(sparsity["run"]))  # the runs that stored masks
+        chosen_set = zlib.crc32("|".join(stored).encode())  # other runs, other options: fresh widgets
+        layer = st.selectbox("Layer", common, key=f"kept_layer_{chosen_set}")
         pattern_runs = st.multiselect(
-            "Runs side by side", stored, default=stored[:2], max_selections=4, key="kept_runs"
+            "Runs side by side", stored, default=stored[:2], max_selections=4, key=f"kept_runs_{chosen_set}"
         )
         if len(pattern_runs) >= 1:
-            pattern = pattern_view({label: labelled[label] for label in pattern_runs}, layer)
+            pattern = pattern_view(str(store().home), {label: labelled[label] for label in pattern_runs}, layer)
             figures.append(charts.kept_pattern_chart(pattern, layer))
             st.plotly_chart(figures[-1], key="kept_pattern")
             st.caption(

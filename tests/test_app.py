@@ -74,7 +74,8 @@ def test_compare_shows_what_each_mask_kept_a_readable_table_and_a_report(home):
     assert "What the masks share: Jaccard index of kept weights per layer" in titles
     assert "Per-layer sparsity of each run's masks" in titles
     assert f"{LAYERS[0]}: what each mask kept" in titles
-    at.selectbox(key="kept_layer").set_value(LAYERS[2]).run()
+    (layer,) = [box for box in at.selectbox if box.label == "Layer"]
+    layer.set_value(LAYERS[2]).run()
     titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
     assert f"{LAYERS[2]}: what each mask kept" in titles
     (button,) = at.get("download_button")
