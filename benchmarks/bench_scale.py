@@ -258,7 +258,6 @@ def layer_shapes() -> dict[tuple[int, int], list[str]]:
 
 def time_mask(rows: int, d: int, target: str, device: str, queue: Any) -> None:
     """In a fresh process: obc_prune on `rows` x `d` at `target` ("0.9" or "2:4"): (seconds, peak bytes)."""
-    torch.set_num_threads(torch.get_num_threads())
     dev = resolve_device(device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(d, 2 * d, generator=generator).to(dev)  # (d, 2d): a full-rank Gram

@@ -8,10 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages.common import ACTIVE, REFRESH_SECONDS, runs, store
-from snows_core import __version__
 from snows_core.dashboard import charts, kept
 from snows_core.dashboard.frames import cg_frame, steps_frame
-from snows_core.dashboard.lesson import LESSON, LessonStep, lesson_specs, step_runs, step_text
+from snows_core.dashboard.lesson import LESSON, LessonStep, known_run, lesson_specs, step_runs, step_text
 from snows_core.runs.executor import reusable_run, submit
 
 PRESENT_CSS = """<style>
@@ -56,7 +55,7 @@ def launch(step: LessonStep, ids: dict[str, str | None]) -> None:
 def prepare() -> None:
     """Every run of the lesson queued (the done ones reused): before class."""
     for spec in lesson_specs():
-        if reusable_run(store(), spec) is None and store().find_active(spec.content_hash(), __version__) is None:
+        if known_run(store(), spec) is None:
             submit(store(), spec)
 
 

@@ -549,8 +549,13 @@ def report_html(title: str, table: pd.DataFrame, figures: list[go.Figure], notes
     from html import escape
 
     parts = [
-        fig.to_html(full_html=False, include_plotlyjs=i == 0, default_width="100%", default_height=f"{h}px")
-        for i, (fig, h) in enumerate((fig, fig.layout.height or 480) for fig in figures)
+        fig.to_html(
+            full_html=False,
+            include_plotlyjs=i == 0,
+            default_width="100%",
+            default_height=f"{fig.layout.height or 480}px",
+        )
+        for i, fig in enumerate(figures)
     ]
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}"

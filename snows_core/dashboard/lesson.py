@@ -14,10 +14,11 @@ from typing import Any
 
 from snows_core import __version__
 from snows_core.recipes import get_recipe
+from snows_core.runs.executor import reusable_run
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStore
 
-__all__ = ["LessonStep", "LESSON", "lesson_specs", "step_runs", "step_text"]
+__all__ = ["LessonStep", "LESSON", "lesson_specs", "known_run", "step_runs", "step_text"]
 
 MODEL = "resnet20"
 
@@ -120,14 +121,14 @@ def lesson_specs() -> list[RunSpec]:
     return list(unique.values())
 
 
+def known_run(store: RunStore, spec: RunSpec) -> str | None:
+    """The run of `spec` in `store`: a done one a submit would reuse, else a queued or running one, else None."""
+    return reusable_run(store, spec) or store.find_active(spec.content_hash(), __version__)
+
+
 def step_runs(store: RunStore, step: LessonStep) -> dict[str, str | None]:
-    """Each of the step's runs in `store`: a done run of its spec (this version), else a queued or running one,
-    else None (not launched yet)."""
-    found = {}
-    for label, spec in step.runs.items():
-        digest = spec.content_hash()
-        found[label] = store.find_done(digest, __version__) or store.find_active(digest, __version__)
-    return found
+    """Each of the step's runs in `store` (`known_run`; None: not launched yet)."""
+    return {label: known_run(store, spec) for label, spec in step.runs.items()}
 
 
 def step_text(step: LessonStep, results: dict[str, dict[str, Any]]) -> str:

@@ -155,13 +155,14 @@ def _obc_blocked(
     step = nm[1] if nm else 1  # blocks hold whole N:M groups
     n_blocks = -(-d // (max_columns // step * step))
     width = -(-d // (n_blocks * step)) * step  # as equal as whole groups allow, at most max_columns
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (groups, d, d)
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))  # (groups, d, d)
+    u = torch.linalg.cholesky(hinv, upper=True)  # (groups, d, d): H^-1 = U^T U
     w, kept = w.clone(), kept.clone()
     bounds = [*range(0, d, width), d]
     shares = (
         None
         if extra is None
-        else _block_shares(w, h, group_of_row, kept, extra, bounds=bounds, row_weights=row_weights)
+        else _block_shares(w, hinv, group_of_row, kept, extra, bounds=bounds, row_weights=row_weights)
     )
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         u_bb = u[:, a:b, a:b]  # (groups, bw, bw)
@@ -181,7 +182,7 @@ def _obc_blocked(
 
 def _block_shares(
     w: torch.Tensor,
-    h: torch.Tensor,
+    hinv: torch.Tensor,
     group_of_row: torch.Tensor,
     kept: torch.Tensor,
     extra: int,
@@ -190,13 +191,12 @@ def _block_shares(
 ) -> list[int]:
     """How many of `extra` each block of columns loses: OBC's global selection over every block's greedy
     trajectory with all other columns free (under ([H^-1]_bb)^-1, so that a step's loss counts what the whole
-    row can re-fit, comparable across blocks)."""
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))  # (groups, d, d)
+    row can re-fit, comparable across blocks); `hinv` is H^-1 (groups, d, d), as `_obc_blocked` has it."""
     rows = w.shape[0]
     costs = []
     for a, b in itertools.pairwise(bounds):
         h_free = torch.linalg.inv(hinv[:, a:b, a:b])  # (groups, bw, bw)
-        target = (w[:, a:b].view(h.shape[0], rows // h.shape[0], b - a) @ h_free).view(rows, b - a)
+        target = (w[:, a:b].view(hinv.shape[0], rows // hinv.shape[0], b - a) @ h_free).view(rows, b - a)
         _, losses = _greedy_removals(target, h_free, group_of_row, kept[:, a:b].clone(), None)  # (rows, steps)
         costs.append((losses if row_weights is None else losses * row_weights.to(losses)[:, None]).flatten())
     if extra > int(sum(torch.isfinite(c).sum() for c in costs)):
