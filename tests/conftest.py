@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from snows_core.runs import RunStore
 
 SHARED = Path(os.environ.get("SNOWS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+# a test's queue goes cold soon after its last run (a minute's warm dispatcher and spare per test would pile up);
+# tests of the warm queue itself set their own
+os.environ.setdefault("SNOWS_IDLE_SECONDS", "5")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from snows_core.io.datafiles import FASHION_MNIST_DIR, SPLITS, fashion_mnist_files, npz_split_shape, read_idx
+from snows_core.io.decoded import decoded
 from snows_core.registry import Registry
 
 __all__ = [
@@ -134,18 +135,26 @@ def load_npz(path: str | Path, split: str = "train") -> tuple[torch.Tensor, torc
 
 def _npz_dataset(path: Path, split: str) -> ImageTensorDataset:
     npz_split_shape(path, split)  # the members are there and the images uint8 NCHW
-    with np.load(path) as arrays:
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+    x, y = (decoded(path, f"npz:{member}", lambda p, m=member: _npz_member(p, m)) for member in _members(split))
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if x.shape[1] == 3 else (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return ImageTensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), mean, std)
+
+
+def _members(split: str) -> tuple[str, str]:
+    return f"{split}_x", f"{split}_y"
+
+
+def _npz_member(path: Path, member: str) -> np.ndarray:
+    with np.load(path) as arrays:
+        return arrays[member]
 
 
 @register_dataset("fashion-mnist", num_classes=10, summary="Zalando Fashion-MNIST, 28x28 grey, 60k/10k")
 def fashion_mnist(split: str, root: Path | None) -> ImageTensorDataset:
     images_file, labels_file = fashion_mnist_files(split, root)
     if images_file.is_file() and labels_file.is_file():
-        images = torch.from_numpy(read_idx(images_file)).unsqueeze(1)  # (N, 1, 28, 28)
-        labels = torch.from_numpy(read_idx(labels_file).astype(np.int64))
+        images = torch.from_numpy(decoded(images_file, "idx", read_idx)).unsqueeze(1)  # (N, 1, 28, 28)
+        labels = torch.from_numpy(decoded(labels_file, "idx", read_idx).astype(np.int64))
         return ImageTensorDataset(images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return _torchvision_fallback(
         "FashionMNIST",

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from snows_core import __version__
+from snows_core.io.decoded import decode_cache
 
 __all__ = ["store_cache", "cache_enabled", "cached_evaluation", "model_digest", "dataset_digest"]
 
@@ -41,9 +42,11 @@ def cache_enabled() -> bool:
 @contextlib.contextmanager
 def store_cache(folder: Path) -> Iterator[None]:
     """Within this block, `cached_evaluation` reads and fills the cache in `folder` (unless switched off)."""
-    token = _FOLDER.set(Path(folder) if cache_enabled() else None)
+    folder = Path(folder) if cache_enabled() else None
+    token = _FOLDER.set(folder)
     try:
-        yield
+        with decode_cache(folder):  # and dataset files are decoded once (`snows_core.io.decoded`)
+            yield
     finally:
         _FOLDER.reset(token)
 

@@ -6,6 +6,17 @@
   at a time per GPU, up to $SNOWS_CPU_WORKERS (default 1) on CPU, and exits when idle. Each worker on a
   GPU machine is given the lowest-numbered free GPU: a spec whose device is "auto" or "cuda" runs on
   ``cuda:N`` (the stored spec, and its hash, stay as submitted); an explicit "cuda:N" or "cpu" is kept.
+- A warm queue: the dispatcher keeps one *spare* worker started ahead of need (torch, the engine and the
+  models imported, nothing claimed) and hands it the next claimed run through a pipe, so a run starts
+  without a process start and imports. A replacement spare starts in the background at once while runs
+  wait (its imports overlap their compute), else when the running runs have ended (so a lone run does
+  not share the cores with imports). One run per process stays the rule (a worker that ran a run
+  exits). The spare holds no run slot and no claim: killed, it loses nothing (the next tick starts
+  another); when the dispatcher goes (idle exit, or killed: the pipe closes) the spare goes with it.
+  ``SNOWS_SPARE=off`` switches it off.
+- An idle queue keeps its dispatcher (and spare) for ``SNOWS_IDLE_SECONDS`` (default 60) after its last
+  run, so the next run of an exploring user starts warm; then both exit. ``<home>/dispatcher.json``
+  names the live dispatcher's pid, its spare's and whether the spare is ready.
 - A worker marks its run running, streams events into the store, beats every few seconds, and ends
   the run done, failed (with the traceback) or cancelled. A cancel request stored on the run is
   honoured at the next Newton step; the dispatcher terminates a worker that ignores it.
@@ -16,8 +27,10 @@ what every reader of the store calls when runs wait, and it must not cost a torc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import json
 import multiprocessing
 import os
 import shutil
@@ -26,7 +39,9 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from snows_core.events import Event
 from snows_core.runs.process import (
@@ -43,9 +58,22 @@ from snows_core.runs.process import (
 from snows_core.runs.spec import RunSpec
 from snows_core.runs.store import RunStatus, RunStore
 
-__all__ = ["ensure_dispatcher", "dispatch", "worker_main", "free_gpu", "placed"]
+__all__ = [
+    "ensure_dispatcher",
+    "dispatch",
+    "dispatcher_state",
+    "idle_seconds",
+    "spare_enabled",
+    "worker_main",
+    "spare_main",
+    "free_gpu",
+    "placed",
+]
 
 DISK_FULL_BYTES = 1 << 20  # less free space than this where the store lives reads as a full disk
+IDLE_SECONDS = 60.0  # how long an idle local queue stays warm (see the module docstring)
+SPARE_READY = "ready"  # what a spare says once its imports are done
+SPARE_STOP_SECONDS = 5.0  # how long the dispatcher waits for its spare to end before it lets the lock go
 
 
 def ensure_dispatcher(home: Path) -> None:
@@ -63,11 +91,30 @@ def dispatch(home: Path) -> None:
     serve_exclusively(home / "dispatcher.lock", lambda: _serve(store, home, queued), queued)
 
 
+def idle_seconds() -> float:
+    """How long an idle local queue keeps its dispatcher and spare: $SNOWS_IDLE_SECONDS, default IDLE_SECONDS."""
+    return max(0.0, float(os.environ.get("SNOWS_IDLE_SECONDS", IDLE_SECONDS)))
+
+
+def spare_enabled() -> bool:
+    return os.environ.get("SNOWS_SPARE", "on").lower() != "off"
+
+
+def dispatcher_state(home: Path) -> dict[str, Any] | None:
+    """{"pid": the dispatcher's, "spare": its idle spare's or None, "spare_ready": whether that spare's imports
+    are done} as the live dispatcher last wrote it; None when none has (or the file is being replaced)."""
+    try:
+        return json.loads((Path(home) / "dispatcher.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
     ctx = multiprocessing.get_context("spawn")
     workers: dict[str, multiprocessing.Process] = {}
     gpus: dict[str, int] = {}  # run id -> the GPU its worker was given
     n_gpus = _gpu_count()
+    spare = _Spare(ctx, home)
 
     def tick() -> bool:
         _collect(store, workers)
@@ -78,15 +125,93 @@ def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
             if run is None:
                 break
             gpu = free_gpu(gpus.values(), n_gpus)
-            process = ctx.Process(target=worker_main, args=(str(home), run["id"], run["started"], gpu), daemon=False)
-            process.start()
+            assignment = (str(home), run["id"], run["started"], gpu)
+            process = spare.take(assignment)
+            if process is None:  # no spare waiting: a worker process of its own, as without the warm queue
+                process = ctx.Process(target=worker_main, args=assignment, daemon=False)
+                process.start()
             store.adopt(run["id"], process.pid, run["started"])
             workers[run["id"]] = process
             if gpu is not None:
                 gpus[run["id"]] = gpu
-        return bool(workers) or queued()
+        waiting = queued()
+        if waiting or not workers:  # a lone run is not slowed by a spare's imports: its spare starts after it
+            spare.keep()
+        return bool(workers) or waiting
 
-    serve_until_idle(tick)
+    try:
+        serve_until_idle(tick, idle_seconds())
+    finally:
+        spare.stop()
+
+
+class _Spare:
+    """The dispatcher's one worker process started ahead of need (`spare_main`), and the pipe that hands it a
+    claimed run. `take` hands over or answers None (no live spare: the caller starts a worker as before)."""
+
+    def __init__(self, ctx: Any, home: Path) -> None:
+        self.ctx, self.home = ctx, Path(home)
+        self.process: multiprocessing.Process | None = None
+        self.pipe: Connection | None = None
+        self.ready = False  # the spare has said its imports are done
+        self._announce()
+
+    def keep(self) -> None:
+        """Start a spare unless a live one waits (a killed one is reaped first); note when it is ready."""
+        if self.process is not None and not self.process.is_alive():
+            self._drop()
+        if self.process is None and spare_enabled():
+            self.pipe, theirs = self.ctx.Pipe()
+            self.process = self.ctx.Process(target=spare_main, args=(str(self.home), theirs), daemon=False)
+            self.process.start()
+            theirs.close()  # the spare holds the only other end: a dispatcher that dies closes the pipe
+            self._announce()
+        elif self.process is not None and not self.ready and self._said_ready():
+            self.ready = True
+            self._announce()
+
+    def _said_ready(self) -> bool:
+        try:
+            return self.pipe.poll() and self.pipe.recv() == SPARE_READY
+        except (EOFError, OSError):  # died meanwhile: the next keep reaps it
+            return False
+
+    def take(self, assignment: tuple[str, str, float, int | None]) -> multiprocessing.Process | None:
+        """Hand `assignment` (worker_main's arguments) to the spare; the spare's process, now the run's worker."""
+        if self.process is None or not self.process.is_alive():
+            return None
+        try:
+            self.pipe.send(assignment)
+        except OSError:  # died since is_alive: it read nothing, so the run is the caller's to start
+            self._drop()
+            return None
+        process, self.process, self.ready = self.process, None, False
+        self.pipe.close()
+        self._announce()
+        return process
+
+    def stop(self) -> None:
+        """End an idle spare (it holds no claim) as the dispatcher leaves."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.join(SPARE_STOP_SECONDS)
+            self._drop()
+        with contextlib.suppress(OSError):
+            (self.home / "dispatcher.json").unlink()
+
+    def _drop(self) -> None:
+        self.process.join(0)
+        self.pipe.close()
+        self.process = self.pipe = None
+        self.ready = False
+        self._announce()
+
+    def _announce(self) -> None:
+        spare = self.process.pid if self.process is not None else None
+        state = {"pid": os.getpid(), "spare": spare, "spare_ready": self.ready}
+        temporary = self.home / f"dispatcher.json.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, self.home / "dispatcher.json")
 
 
 def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> None:
@@ -178,6 +303,22 @@ def worker_main(home: str, run_id: str, claimed: float, gpu: int | None = None) 
         finish_or_log(store, run_id, RunStatus.FAILED, error=traceback.format_exc())
     finally:
         stop.set()
+
+
+def spare_main(home: str, pipe: Connection) -> None:
+    """Process entry of a spare: import what every run needs, then wait for the dispatcher to hand over a
+    claimed run (`worker_main`'s arguments) and run it; exit when the pipe closes first (dispatcher gone)."""
+    import snows_core.runs.pipeline  # noqa: F401  (torch, the engine, the models: the seconds a spare saves)
+
+    with contextlib.suppress(OSError):  # a dispatcher that handed over a run before this may have closed its end
+        pipe.send(SPARE_READY)
+    try:
+        assignment = pipe.recv()
+    except (EOFError, OSError):
+        return
+    finally:
+        pipe.close()
+    worker_main(*assignment)
 
 
 def _beat(store: RunStore, run_id: str, stop: threading.Event) -> None:

@@ -5,10 +5,12 @@
 `run_spec` plus the artifacts, "sensitivity" is `run_sensitivity`) and writes its artifacts. All report
 only through `on_event`.
 Top-1 is measured on the same test images three times: dense, mask only (the dense weights times the
-final masks), and final; the dense one once per store for the same weights and images (`runs.cache`, inside
-the worker's `store_cache`). With `spec.trajectory` it is also measured after each pruned layer: SNOWS
-changes only the layer being solved, so the network after layer i is the dense one with the final
-weights of layers 0..i, rebuilt here without touching the solve (with stages: the last pass's weights).
+final masks), and final; each once per store for the same weights and images (`runs.cache`, inside the
+worker's `store_cache`): the dense network once for a whole sweep, a mask alone once for the runs that share
+it (K = 0 and K = 3 with one mask method and sparsity), a final network that is the mask alone not again.
+With `spec.trajectory` it is also measured after each pruned layer: SNOWS changes only the layer being solved,
+so the network after layer i is the dense one with the final weights of layers 0..i, rebuilt here without
+touching the solve (with stages: the last pass's weights).
 With `spec.measure_speed` the pruned model is also timed against its dense execution on the run's
 device (`snows_core.measure.speed.measure_speed`, on the first SPEED_BATCH test images).
 """
@@ -69,10 +71,10 @@ def run_spec(spec: RunSpec, on_event: EventSink) -> tuple[PruneResult, dict[str,
     tic = time.perf_counter()
     config = spec.config
     device, model, calib, test, calib_ids = _load(spec)
-    dense = _dense_evaluation(spec, model, test, device)
+    dense = _evaluation(spec, model, test, device)
     result = prune_model(model, calib, config, on_event)
-    mask_only = evaluate(_with_masks(model, result.masks), test, device=device, limit=spec.eval_size)
-    final = evaluate(result.model, test, device=device, limit=spec.eval_size)
+    mask_only = _evaluation(spec, _with_masks(model, result.masks), test, device)
+    final = _evaluation(spec, result.model, test, device)
     trajectory = _trajectory(model, result, test, device, spec.eval_size, on_event) if spec.trajectory else []
     summary = {
         "top1_dense": dense["top1"],
@@ -102,7 +104,7 @@ def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[s
     suggested = sensitivity_analysis(model, calib, test_x, test_y, spec.config, on_event)
     summary = {
         "kind": "sensitivity",
-        "top1_dense": _dense_evaluation(spec, model, test, device)["top1"],
+        "top1_dense": _evaluation(spec, model, test, device)["top1"],
         "suggested_sparsities": suggested,
         **_provenance(spec, calib_ids, len(test_y), device),
         "seconds": time.perf_counter() - tic,
@@ -112,8 +114,9 @@ def run_sensitivity(spec: RunSpec, out_dir: Path, on_event: EventSink) -> dict[s
     return summary
 
 
-def _dense_evaluation(spec: RunSpec, model: torch.nn.Module, test: Dataset, device: torch.device) -> dict[str, Any]:
-    """The dense network's evaluation on the test subset: once per store for the same inputs (`runs.cache`)."""
+def _evaluation(spec: RunSpec, model: torch.nn.Module, test: Dataset, device: torch.device) -> dict[str, Any]:
+    """The network's evaluation on the test subset: once per store for the same weights and images
+    (`runs.cache`): the dense network's for every run of a sweep, a mask's alone for the runs sharing it."""
     compute = lambda: evaluate(model, test, device=device, limit=spec.eval_size)  # noqa: E731
     return cached_evaluation(model, test, device, spec.eval_size, compute)
 

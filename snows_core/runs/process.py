@@ -108,10 +108,12 @@ def serve_exclusively(lock_path: Path, serve: Callable[[], None], pending: Calla
             return
 
 
-def serve_until_idle(tick: Callable[[], bool]) -> None:
-    """Call `tick` every TICK_SECONDS until it has answered "not busy" for IDLE_EXIT_SECONDS in a row."""
+def serve_until_idle(tick: Callable[[], bool], idle_seconds: float | None = None) -> None:
+    """Call `tick` every TICK_SECONDS until it has answered "not busy" for `idle_seconds` (default
+    IDLE_EXIT_SECONDS) in a row."""
+    idle_for = IDLE_EXIT_SECONDS if idle_seconds is None else idle_seconds
     idle_since = time.monotonic()
-    while time.monotonic() - idle_since < IDLE_EXIT_SECONDS:
+    while time.monotonic() - idle_since < idle_for:
         if tick():
             idle_since = time.monotonic()
         time.sleep(TICK_SECONDS)
