@@ -76,9 +76,25 @@ def load_official(folder: Path) -> tuple[types.ModuleType, types.ModuleType, typ
     sys.path[:0] = [str(folder / "CNN_pruning" / "prune"), str(folder / "CNN_pruning" / "model")]
     import helpers
     import resnet_cifar10_manual
-    import SNOWS
 
-    return SNOWS, helpers, resnet_cifar10_manual
+    return _module_up_to_its_first_error(folder / "CNN_pruning" / "prune" / "SNOWS.py"), helpers, resnet_cifar10_manual
+
+
+def _module_up_to_its_first_error(path: Path) -> types.ModuleType:
+    """The module at `path`, or, when it does not compile, its source up to the top-level function holding the
+    error. The official SNOWS.py (mazumder-lab/SNOWS at a74a61b and since) ends in `prune_and_update`, whose
+    body is all comments: an IndentationError at import. Everything the solve uses is defined before it."""
+    source = path.read_text()
+    try:
+        code = compile(source, str(path), "exec")
+    except SyntaxError as err:
+        lines = source.splitlines()
+        cut = max(i for i, line in enumerate(lines[: err.lineno]) if line.startswith("def "))
+        code = compile("\n".join(lines[:cut]), str(path), "exec")
+    module = types.ModuleType(path.stem)
+    module.__file__ = str(path)
+    exec(code, module.__dict__)
+    return module
 
 
 def official_model(model_module: types.ModuleType, ours: torch.nn.Module) -> torch.nn.Module:
@@ -89,7 +105,7 @@ def official_model(model_module: types.ModuleType, ours: torch.nn.Module) -> tor
     state = {key.replace("linear.", "fc."): value for key, value in ours.state_dict().items()}
     theirs.load_state_dict(state)
     theirs.name = "resnet20_cifar10"  # how its helpers pick their ResNet-20 code paths
-    return theirs.eval().requires_grad_(False)
+    return theirs.eval()  # its parameters require grad, as in its own driver
 
 
 def official_prune(
