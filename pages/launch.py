@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from pages.common import model_label, open_run, store, zoo
-from snows_core.config import TARGETS, PruneConfig
+from snows_core.config import PRECONDITIONERS, TARGETS, PruneConfig
 from snows_core.dashboard.forecast import forecast, probe
 from snows_core.engine.reconstruct import list_reconstructions
 from snows_core.io.data import list_datasets
@@ -77,6 +77,7 @@ FORM_DEFAULTS = {
     "warm_start": DEFAULTS.warm_start,
     "targets": DEFAULTS.targets,
     "curvature_fraction": DEFAULTS.curvature_fraction,
+    "preconditioner": DEFAULTS.preconditioner,
     "seeds": str(DEFAULTS.seed),
     "device": DEFAULTS.device,
     "eval_size": 1000,
@@ -95,6 +96,7 @@ FORM_CONFIG_FIELDS = (  # form fields named and typed as PruneConfig's
     "warm_start",
     "targets",
     "curvature_fraction",
+    "preconditioner",
     "device",
 )
 SAVED = "launch_form"  # plain state: Streamlit drops widget state while another page is shown
@@ -172,6 +174,7 @@ def build_specs() -> list[RunSpec]:
             warm_start=bool(s["warm_start"]),
             targets=s["targets"],
             curvature_fraction=float(s["curvature_fraction"]),
+            preconditioner=s["preconditioner"],
             device=s["device"],
         ),
         eval_size=int(s["eval_size"]) or None,
@@ -312,6 +315,14 @@ with st.expander("Advanced"):
         key="curvature_fraction",
         help="Share of each batch the CG products see (the gradient always sees all of it); 0.25 makes "
         "the official settings about 3x faster for under a point of top-1 on resnet20",
+    )
+    c.selectbox(
+        "CG preconditioner",
+        PRECONDITIONERS,
+        key="preconditioner",
+        help="gram: CG preconditioned by the exact Hessian of the layer's own output (its input Gram per output "
+        "row); the same products and stopping rule, met in fewer products (the official settings on resnet20: "
+        "about 2x faster, top-1 within 0.3 points)",
     )
 
 st.session_state[SAVED] = {key: st.session_state[key] for key in FORM_DEFAULTS}

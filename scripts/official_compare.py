@@ -12,12 +12,13 @@ The script prints:
 1. the K=3 window loss of four layers at the mask-only state (every layer masked, nothing refit), ours next
    to the official code's as measured apart;
 2. per sparsity: top-1 on the 1,017 shared test images and pruning seconds of the official code and of ours
-   (for `--modes` targets and, in official mode, each `--fractions` value of `curvature_fraction`), the speed-up
+   (for `--modes` targets and, in official mode, each `--preconditioners` value of `preconditioner` and each
+   `--fractions` value of `curvature_fraction` below 1), the speed-up
    (official seconds / ours) and dense-forward-equivalents (DFE: seconds / one dense forward over the
    calibration images, measured in the same process).
 
     .venv/bin/python scripts/official_compare.py [--official DIR] [--shared ../shared] [--sparsity 0.9,0.7]
-        [--modes official,pruned-input,dense] [--fractions 1,0.5,0.25] [--threads 2]
+        [--modes official,pruned-input,dense] [--preconditioners none,gram] [--fractions 1,0.5,0.25] [--threads 2]
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--sparsity", default="0.9,0.7")
     parser.add_argument("--modes", default="official,pruned-input,dense", help="targets to compare")
     parser.add_argument("--fractions", default="1,0.5,0.25", help="curvature_fraction values, official mode")
+    parser.add_argument("--preconditioners", default="none,gram", help="CG preconditioners, official mode")
     parser.add_argument("--official", type=Path, default=None, help="a checkout of mazumder-lab/SNOWS to run too")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both")
     args = parser.parse_args()
@@ -204,17 +206,26 @@ def main() -> None:
         elif sparsity in OFFICIAL_TOP1:
             official_top1, official_dfe = OFFICIAL_TOP1[sparsity]
             print(f"| {sparsity:.0%} | official code (measured apart) | {official_top1:.4f} | - | {official_dfe} | - |")
-        runs = [(mode, 1.0) for mode in modes if mode != "official"]
-        runs = [("official", float(f)) for f in args.fractions.split(",") if "official" in modes] + runs
-        for mode, fraction in runs:
+        runs = [(mode, 1.0, "none") for mode in modes if mode != "official"]
+        if "official" in modes:
+            official_runs = [("official", 1.0, name) for name in args.preconditioners.split(",")]
+            official_runs += [("official", float(f), "none") for f in args.fractions.split(",") if float(f) < 1]
+            runs = official_runs + runs
+        for mode, fraction, preconditioner in runs:
             config = PruneConfig(
-                sparsity=sparsity, targets=mode, curvature_fraction=fraction, device="cpu", **OFFICIAL_SETTINGS
+                sparsity=sparsity,
+                targets=mode,
+                curvature_fraction=fraction,
+                preconditioner=preconditioner,
+                device="cpu",
+                **OFFICIAL_SETTINGS,
             )
             tic = time.perf_counter()
             result = prune_model(model, calib, config)
             seconds = time.perf_counter() - tic
             accuracy = top1(result.model, test_x, test_y)
             label = f"ours, targets={mode}" + (f", curvature_fraction={fraction:g}" if fraction < 1 else "")
+            label += f", preconditioner={preconditioner}" if preconditioner != "none" else ""
             ratio = f"{official_seconds / seconds:.2f}" if official_seconds else "-"
             print(f"| {sparsity:.0%} | {label} | {accuracy:.4f} | {seconds:.1f} | {seconds / forward:.0f} | {ratio} |")
 

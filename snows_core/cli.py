@@ -141,6 +141,7 @@ CONFIG_FLAGS: dict[str, type] = {  # PruneConfig fields with a flag, and the typ
     "damping": float,
     "curvature": str,  # exact or gauss-newton
     "curvature_fraction": float,  # share of each batch the CG products see
+    "preconditioner": str,  # none or gram (CG preconditioned by the layer's own Gram)
     "targets": str,  # dense, pruned-input or official
     "stages": int,  # passes that reach the sparsity gradually
     "seed": int,

@@ -27,6 +27,7 @@ SCHEMA_VERSION = 2  # 2: newton_steps became newton_passes
 
 PATTERNS_HELP = '"unstructured" or "N:M" with 0 < N <= M, such as "2:4"'
 CURVATURES = ("exact", "gauss-newton")
+PRECONDITIONERS = ("none", "gram")
 TARGETS = ("dense", "pruned-input", "official")
 DEVICES_HELP = '"auto", "cpu", "cuda" or "cuda:N"'
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -75,6 +76,10 @@ class PruneConfig:
         curvature_fraction: share of each mini-batch's images (drawn afresh every Newton step) on which
             the CG curvature products are taken; the gradient and the line search use the whole batch
             (Martens 2010). Products cost in proportion.
+        preconditioner: "none" (plain CG) or "gram": preconditioned CG with, per output row, the exact
+            Hessian of the layer's own output term (its input Gram on the row's kept inputs, plus damping),
+            factored once per layer. Same products, same stopping rule on the true residual: fewer products
+            to meet it.
         warm_start: start SNOWS from the layer-wise least-squares solution ("MP+").
         targets: "dense": reconstruct the dense network's own activations at the window's taps, so
             the error of every earlier layer is compensated too; "pruned-input": the dense window
@@ -105,6 +110,7 @@ class PruneConfig:
     damping: float = 1e-4
     curvature: str = "exact"
     curvature_fraction: float = 1.0
+    preconditioner: str = "none"
     warm_start: bool = True
     targets: str = "dense"
     layers: tuple[str, ...] | None = None
@@ -141,6 +147,7 @@ class PruneConfig:
         _require_choice("mask", self.mask, catalog.names("mask"))
         _require_choice("reconstruction", self.reconstruction, catalog.names("reconstruction"))
         _require_choice("curvature", self.curvature, CURVATURES)
+        _require_choice("preconditioner", self.preconditioner, PRECONDITIONERS)
         _require_choice("targets", self.targets, TARGETS)
         for name in ("k", "n_calib", "batch_size", "newton_passes", "cg_iters", "stages", "seed"):
             _require_int(name, getattr(self, name), minimum=0 if name in ("k", "seed") else 1)

@@ -128,6 +128,22 @@ def test_curvature_on_a_subsample_still_lowers_the_loss_and_is_deterministic(net
         assert a.loss_after < a.loss_before and a.loss_after == b.loss_after
 
 
+def test_the_gram_preconditioner_meets_the_official_tolerance_in_fewer_products(net):
+    x = torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    settings = dict(sparsity=0.7, k=2, targets="official", warm_start=False, n_calib=32, batch_size=32, cg_iters=50)
+    settings |= dict(cg_tol=1e-6, newton_passes=2)
+    plain = prune_model(net, x, PruneConfig(**settings))
+    preconditioned = prune_model(net, x, PruneConfig(**settings, preconditioner="gram"))
+    assert sum(r.cg_iters for r in preconditioned.layers) < sum(r.cg_iters for r in plain.layers) / 2
+    for a, b in zip(plain.layers, preconditioned.layers, strict=True):  # the same Newton steps, met sooner
+        assert b.loss_after == pytest.approx(a.loss_after, rel=1e-3)
+
+
+def test_an_unknown_preconditioner_is_refused():
+    with pytest.raises(ValueError, match="preconditioner"):
+        PruneConfig(preconditioner="jacobi")
+
+
 def test_frozen_batchnorm_equals_the_eval_module_and_leaves_the_network_alone(net):
     bn = net.block.bn
     x = torch.randn(3, 6, 4, 4)

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snows_core import PruneConfig, prune_model
-from snows_core.engine.columns import input_grams, layer_columns
+from snows_core.engine.columns import KeptFactors, input_grams, layer_columns, solve_on_kept
 from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
 from snows_core.engine.problem import LayerProblem, layer_problem
 from snows_core.engine.reconstruct import get_reconstruction, list_reconstructions, lstsq_weight
@@ -146,3 +146,27 @@ def test_the_cross_moment_is_the_cross_gram_times_the_dense_weight(groups):
         assert numel == cols.shape[-1] * weight.shape[0]
         _, same, _ = input_grams(module, x, x, weight, batch_size=3)
         torch.testing.assert_close(same, gram @ rows.transpose(1, 2))
+
+
+def test_kept_factors_solve_each_rows_kept_system_as_solve_on_kept_does():
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(2, 7, 7, generator=g, dtype=torch.float64)
+    system = a @ a.transpose(1, 2)  # (groups, d, d)
+    system[1, 3, :] = system[1, :, 3] = 0.0  # a dead input in group 1: singular without a ridge
+    keep = (torch.rand(4, 7, generator=g) < 0.5).double()
+    keep[0] = 0.0  # a row with nothing kept
+    keep[3, 3] = 1.0  # row 3 (group 1) keeps the dead input
+    group_of_row = torch.tensor([0, 0, 1, 1])
+    rhs = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    factors = KeptFactors(system, group_of_row, keep, ridge=0.1)
+    solved = factors.solve(rhs)
+    for row in range(4):
+        kept = keep[row].bool()
+        expected = torch.zeros(7, dtype=torch.float64)
+        block = system[group_of_row[row]][kept][:, kept] + 0.1 * torch.eye(int(kept.sum()), dtype=torch.float64)
+        expected[kept] = torch.linalg.solve(block, rhs[row, kept])
+        torch.testing.assert_close(solved[row], expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(solved, solve_on_kept(system, group_of_row, keep, rhs, ridge=0.1))
+    singular = KeptFactors(system, group_of_row, keep).solve(rhs)  # no ridge: row 3's system is singular
+    torch.testing.assert_close(singular[3], rhs[3] * keep[3])  # solved as the identity on its kept inputs
+    assert KeptFactors.footprint(keep) == 4 * int(keep.sum(1).max()) ** 2 * 8

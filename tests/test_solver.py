@@ -51,6 +51,36 @@ def test_cg_returns_steepest_descent_on_negative_curvature():
     assert torch.equal(result.x, b) and result.iters == 1
 
 
+def test_preconditioned_cg_matches_linalg_solve_in_fewer_products():
+    g = torch.Generator().manual_seed(3)
+    scales = torch.logspace(0, 4, 40, dtype=torch.float64)  # badly scaled: plain CG needs many products
+    a = scales[:, None] * random_spd(40, seed=4) * scales[None, :] / 40
+    b = torch.randn(40, generator=g, dtype=torch.float64)
+    system = a + 0.5 * torch.eye(40, dtype=torch.float64)
+    expected = torch.linalg.solve(system, b)
+    jacobi = system.diagonal()
+    plain = conjugate_gradient(lambda v: a @ v, b, max_iters=400, tol=1e-10, damping=0.5)
+    preconditioned = conjugate_gradient(
+        lambda v: a @ v, b, max_iters=400, tol=1e-10, damping=0.5, precondition=lambda r: r / jacobi
+    )
+    torch.testing.assert_close(preconditioned.x, expected, rtol=1e-7, atol=1e-9)
+    assert preconditioned.stop == "tolerance" and preconditioned.iters < plain.iters / 2
+    true_residual = (b - system @ preconditioned.x).norm() / b.norm()  # the rule reads the true residual
+    assert preconditioned.residual == pytest.approx(true_residual.item(), rel=1e-4, abs=1e-12)
+    exact = conjugate_gradient(lambda v: a @ v, b, max_iters=1, tol=0.0, damping=0.5, precondition=lambda r: r)
+    assert torch.equal(exact.x, conjugate_gradient(lambda v: a @ v, b, max_iters=1, tol=0.0, damping=0.5).x)
+
+
+def test_with_the_exact_inverse_as_preconditioner_cg_takes_one_product():
+    a, b = random_spd(12, seed=5), torch.randn(12, dtype=torch.float64)
+    inverse = torch.linalg.inv(a + 0.25 * torch.eye(12, dtype=torch.float64))
+    result = conjugate_gradient(
+        lambda v: a @ v, b, max_iters=5, tol=1e-9, damping=0.25, precondition=lambda r: inverse @ r
+    )
+    assert result.iters == 1 and result.stop == "tolerance"
+    torch.testing.assert_close(result.x, inverse @ b, rtol=1e-9, atol=1e-12)
+
+
 def test_the_cg_trace_is_each_iterates_residual_and_model_decrease():
     a, b = random_spd(8, seed=2), torch.randn(8, dtype=torch.float64)
     result = conjugate_gradient(lambda v: a @ v, b, max_iters=5, tol=0.0, damping=0.25)

@@ -122,6 +122,7 @@ def _past_runs(spec: RunSpec, store: RunStore) -> list[dict]:
         "newton_passes",
         "cg_iters",
         "curvature_fraction",
+        "preconditioner",
         "device",
         "stages",
         "allocation",

@@ -9,11 +9,22 @@ curvature products and the tangent programs differentiate.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["layer_columns", "input_grams", "columns_unsupported", "linear_part", "solve_on_kept", "spd_solve"]
+__all__ = [
+    "layer_columns",
+    "input_grams",
+    "columns_unsupported",
+    "linear_part",
+    "solve_on_kept",
+    "kept_blocks",
+    "KeptFactors",
+    "spd_solve",
+]
 
 
 def columns_unsupported(module: nn.Module) -> str | None:
@@ -95,12 +106,22 @@ def solve_on_kept(
     row's system is solved on its first `width` inputs in kept-first order (its kept ones, then pruned ones
     whose identity rows decouple): a kept fraction f costs f^3 of the full d x d solve.
     """
+    solved = torch.zeros_like(rhs)
+    for idx, cols, s, block in kept_blocks(system, group_of_row, keep, ridge):
+        solved[idx] = solved[idx].scatter(1, cols, spd_solve(block, s * rhs[idx].gather(1, cols)) * s)
+    return solved
+
+
+def kept_blocks(
+    system: torch.Tensor, group_of_row: torch.Tensor, keep: torch.Tensor, ridge: float = 0.0
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The rows' kept systems in chunks of rows: (rows, their kept-first columns (c, w), the 0/1 keep of those
+    (c, w), A_SS + ridge I padded with identity rows (c, w, w)), as `solve_on_kept` solves them."""
     d = system.shape[-1]
     width = max(1, int(keep.sum(1).max()))
     order = torch.argsort(keep, dim=1, descending=True, stable=True)[:, :width]  # (rows, width)
-    solved = torch.zeros_like(rhs)
     chunk = max(1, 2**24 // (width * d))  # bound the gathered rows (c, w, d) to ~128 MB in float64
-    for start in range(0, rhs.shape[0], chunk):
+    for start in range(0, keep.shape[0], chunk):
         idx = slice(start, start + chunk)
         cols, group = order[idx], group_of_row[idx]  # (c, w), (c,)
         c, w = cols.shape
@@ -108,8 +129,35 @@ def solve_on_kept(
         block = picked.view(c, w, d).gather(2, cols[:, None, :].expand(c, w, w))  # (c, w, w): A_SS
         s = keep[idx].gather(1, cols)  # (c, w)
         block.mul_(s[:, :, None]).mul_(s[:, None, :]).diagonal(dim1=1, dim2=2).add_(1 - s + ridge * s)
-        solved[idx] = solved[idx].scatter(1, cols, spd_solve(block, s * rhs[idx].gather(1, cols)) * s)
-    return solved
+        yield idx, cols, s, block
+
+
+class KeptFactors:
+    """`solve_on_kept` for many right-hand sides: every row's kept system factored once (Cholesky), so each
+    `solve(rhs)` is two triangular solves per row. A row whose system is singular solves as the identity."""
+
+    def __init__(self, system: torch.Tensor, group_of_row: torch.Tensor, keep: torch.Tensor, ridge: float = 0.0):
+        self.chunks = []
+        for idx, cols, s, block in kept_blocks(system, group_of_row, keep, ridge):
+            factor, info = torch.linalg.cholesky_ex(block)  # (c, w, w), (c,)
+            singular = info > 0
+            if singular.any():  # an identity factor: that row's solve returns its kept right-hand side
+                factor[singular] = torch.eye(block.shape[-1], dtype=block.dtype, device=block.device)
+            self.chunks.append((idx, cols, s, factor))
+
+    @staticmethod
+    def footprint(keep: torch.Tensor, itemsize: int = 8) -> int:
+        """Bytes the factors of rows `keep` (rows, d) take."""
+        width = max(1, int(keep.sum(1).max()))
+        return keep.shape[0] * width * width * itemsize
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """(rows, d) -> per row (A_SS + ridge I)^-1 rhs_S on its kept inputs, zero elsewhere (singular rows: rhs_S)."""
+        solved = torch.zeros_like(rhs)
+        for idx, cols, s, factor in self.chunks:
+            out = torch.cholesky_solve((s * rhs[idx].gather(1, cols))[..., None], factor)[..., 0] * s  # (c, w)
+            solved[idx] = solved[idx].scatter(1, cols, out)
+        return solved
 
 
 def spd_solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

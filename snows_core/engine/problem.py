@@ -71,6 +71,17 @@ class LayerProblem:
     window: fx.GraphModule | None = None  # (z, *externals) -> taps
     externals: list[object] = field(default_factory=list)  # the window's other inputs, on the pruned path
     reference: list[torch.Tensor] = field(default_factory=list)  # (N, ...) each: the values to reconstruct
+
+    def input_gram(self, limit: int) -> tuple[torch.Tensor, int]:
+        """The input Gram matrix (groups, d, d) and its output numel: the cached one on all images when at hand,
+        else one on the first `limit` images (what a preconditioner needs: its shape, not every image)."""
+        if self._grams is not None or limit >= self.n:
+            gram, _, numel = self.grams
+            return gram, numel
+        x = self.x[:limit]
+        gram, _, numel = input_grams(self.module, x, x, self.dense_weight, self.batch_size)
+        return gram, numel
+
     # 4. the mask and the starting point
     mask: torch.Tensor | None = None  # bool like the weight; True = kept
     free_index: torch.Tensor | None = None  # (n_free,) flat positions of the kept weights: what the solver moves

@@ -15,8 +15,10 @@ Registered methods (`register_reconstruction`, one factory `get_reconstruction`)
   damping SNOWS adds to its Hessian, in the same units.
 - ``snows``: optional lstsq warm start ("MP+"; when the starting point is not the plain masked dense
   weight, whichever of the two has the lower loss), then Newton steps on mini-batches: CG on the free
-  weights for the direction, Armijo backtracking for the step; stop after `newton_passes` passes or
-  when each of 3 successive steps improves the loss by under 0.5%; keep the best iterate.
+  weights for the direction (preconditioned, with `preconditioner="gram"`, by the exact Hessian of the
+  layer's own output term: `gram_preconditioner`), Armijo backtracking for the step; stop after
+  `newton_passes` passes or when each of 3 successive steps improves the loss by under 0.5%; keep the best
+  iterate.
 
 No method ends above the lower of the mask-only loss and the starting point's loss.
 """
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from snows_core.engine.columns import solve_on_kept
+from snows_core.engine.columns import KeptFactors, solve_on_kept
 from snows_core.engine.problem import LayerProblem
 from snows_core.engine.solver import (
     CGResult,
@@ -63,6 +65,8 @@ __all__ = [
 STALL_IMPROVEMENT = 0.005  # a step improving the loss by less than 0.5% ...
 STALL_STEPS = 3  # ... this many times in a row ends the layer
 CURVATURE_PRODUCTS = {"exact": exact_curvature, "gauss-newton": gauss_newton_curvature}
+PRECONDITIONER_IMAGES = 64  # images whose input Gram shapes the CG preconditioner (when no Gram is at hand)
+FACTOR_BYTES = 1 << 28  # past this much of Cholesky factors, the preconditioner keeps their diagonals only
 
 
 @dataclass
@@ -128,6 +132,7 @@ def newton_cg(problem: LayerProblem, config: PruneConfig, start: Solution, emit:
     curvature = CURVATURE_PRODUCTS[config.curvature]
     if isinstance(problem.tangent, TangentProgram):
         curvature = tangent_curvature  # J^T D J, here both the Gauss-Newton and the exact products
+    precondition = gram_preconditioner(problem, config.damping) if config.preconditioner == "gram" else None
     free = start.weight[problem.mask]  # (n_free,)
     best = Solution(start.weight, start.loss)
     generator = torch.Generator().manual_seed(config.seed)
@@ -137,7 +142,9 @@ def newton_cg(problem: LayerProblem, config: PruneConfig, start: Solution, emit:
         for batch in problem.batches(torch.randperm(n_batches, generator=generator)):
             tic = time.perf_counter()
             curvature_batch = _curvature_batch(batch, config.curvature_fraction, generator)
-            free, loss, cg, search = _newton_step(problem, config, curvature, free, batch, curvature_batch)
+            free, loss, cg, search = _newton_step(
+                problem, config, curvature, free, batch, curvature_batch, precondition=precondition
+            )
             new_loss = search.loss
             steps, cg_total = steps + 1, cg_total + cg.iters
             emit(
@@ -175,10 +182,11 @@ def _newton_step(
     free: torch.Tensor,
     batch: slice,
     curvature_batch: slice | torch.Tensor,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float, CGResult, LineSearch]:
     """One Newton step on `batch`: gradient there, curvature products on `curvature_batch` (the batch
-    itself, or a sub-sample of its images: Martens 2010), CG for the direction, Armijo for the step.
-    Returns the new free weights, the loss before, the CG solve and the line search."""
+    itself, or a sub-sample of its images: Martens 2010), (preconditioned) CG for the direction, Armijo for
+    the step. Returns the new free weights, the loss before, the CG solve and the line search."""
     curv = curvature(
         lambda w: problem.taps(problem.weight_of(w), curvature_batch),
         [t[curvature_batch] for t in problem.reference],
@@ -199,6 +207,7 @@ def _newton_step(
         tol=config.cg_tol,
         damping=config.damping,
         relative=config.targets != "official",
+        precondition=precondition,
     )
     direction = cg.x.detach()
     search = armijo_backtracking(
@@ -207,6 +216,33 @@ def _newton_step(
         grad.dot(direction).item(),
     )
     return free + search.alpha * direction, loss, cg, search
+
+
+def gram_preconditioner(problem: LayerProblem, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """M^-1 for CG on the free weights: per output row, (s G_SS + damping I)^-1 on the row's kept inputs S.
+
+    s G (s = 2 / numel of the layer's output, G its input Gram) is the exact Hessian of the objective's first
+    term, the layer's own output, and block-diagonal by output rows; the window's later taps add coupling
+    between rows that CG handles. The Gram comes from at most PRECONDITIONER_IMAGES images (or the one the warm
+    start computed); the rows are factored once per layer, or, past FACTOR_BYTES of factors (a ViT's wide
+    layers at low sparsity), only their diagonals are used (Jacobi).
+    """
+    gram, numel = problem.input_gram(PRECONDITIONER_IMAGES)  # (groups, d, d) float64
+    mask, index = problem.mask, problem.free_index
+    keep = mask.reshape(mask.shape[0], -1).to(gram.dtype)  # (rows, d)
+    group_of_row = torch.arange(keep.shape[0], device=keep.device) // (keep.shape[0] // gram.shape[0])  # (rows,)
+    system = gram * (2.0 / numel)
+    if KeptFactors.footprint(keep) <= FACTOR_BYTES:
+        solve = KeptFactors(system, group_of_row, keep, damping).solve
+    else:
+        diagonal = system.diagonal(dim1=1, dim2=2)[group_of_row] + damping  # (rows, d)
+        solve = lambda full: full / diagonal  # noqa: E731
+
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        full = torch.zeros(mask.numel(), dtype=gram.dtype, device=r.device).scatter(0, index, r.to(gram.dtype))
+        return solve(full.view(keep.shape)).reshape(-1)[index].to(r.dtype)  # (n_free,)
+
+    return precondition
 
 
 def _curvature_batch(batch: slice, fraction: float, generator: torch.Generator) -> slice | torch.Tensor:

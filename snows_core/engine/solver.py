@@ -109,20 +109,25 @@ def conjugate_gradient(
     tol: float,
     damping: float,
     relative: bool = True,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> CGResult:
-    """Solve (A + damping I) x = b by CG from x = 0, A given by its products.
+    """Solve (A + damping I) x = b by CG from x = 0, A given by its products; preconditioned CG when
+    `precondition` applies M^-1 (M symmetric positive definite, M ~ A + damping I).
 
     Stops when ||r|| <= tol ||b|| (||r|| < tol when not `relative`, the official code's rule), after
     `max_iters` products, or on non-positive curvature (then the iterate so far is returned, or b itself
-    if no step was taken: a steepest-descent direction).
+    if no step was taken: a steepest-descent direction). The residual r = b - (A + damping I) x is the
+    unpreconditioned one either way, so a preconditioner changes how soon the rule is met, not the rule.
     """
     x = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
+    r = b.clone()
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
     b_norm = b.norm().item()
     if b_norm == 0.0:
         return CGResult(x, 0, 0.0, stop="zero gradient")
     threshold = tol * b_norm if relative else tol
-    rs = r.dot(r)
+    rz = r.dot(z)
     residuals: list[float] = []
     decrease: list[float] = []
     for iters in range(1, max_iters + 1):
@@ -131,16 +136,18 @@ def conjugate_gradient(
         if curvature <= 0:
             x = b.clone() if iters == 1 else x
             return CGResult(x, iters, r.norm().item() / b_norm, residuals, decrease, "negative curvature")
-        alpha = rs / curvature
+        alpha = rz / curvature
         x.add_(alpha * p)
         r.sub_(alpha * ap)
-        rs_new = r.dot(r)
-        residuals.append(rs_new.sqrt().item() / b_norm)
+        z = r if precondition is None else precondition(r)
+        rz_new = r.dot(z)
+        residual = (rz_new if precondition is None else r.dot(r)).sqrt().item()
+        residuals.append(residual / b_norm)
         decrease.append(0.5 * x.dot(b + r).item())  # m(0) - m(x), as r = b - (A + damping I) x
         if residuals[-1] * b_norm <= threshold:
             return CGResult(x, iters, residuals[-1], residuals, decrease, "tolerance")
-        p = r + (rs_new / rs) * p
-        rs = rs_new
+        p = z + (rz_new / rz) * p
+        rz = rz_new
     return CGResult(x, max_iters, r.norm().item() / b_norm, residuals, decrease, "cap")
 
 
