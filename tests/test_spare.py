@@ -42,8 +42,8 @@ def warm(home, monkeypatch):
     """A store whose queue stays warm for the whole test; its dispatcher is killed at the end (the spare follows)."""
     monkeypatch.setenv("SNOWS_IDLE_SECONDS", "600")
     yield home
-    state = dispatcher_state(home)
-    for pid in (state or {}).values():
+    state = dispatcher_state(home) or {}
+    for pid in (state.get("pid"), state.get("spare")):  # pids only: "spare_ready" is a bool, and True == 1
         if pid and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 

@@ -2,18 +2,18 @@
 
 - The dispatcher is one detached process per $SNOWS_HOME (it holds an exclusive lock on
   ``dispatcher.lock``; a second one exits at once). It serves queued runs in FIFO order, starting each
-  in a worker process of the ``spawn`` context (CUDA cannot be re-initialised in a forked child): one
-  at a time per GPU, up to $SNOWS_CPU_WORKERS (default 1) on CPU, and exits when idle. Each worker on a
-  GPU machine is given the lowest-numbered free GPU: a spec whose device is "auto" or "cuda" runs on
-  ``cuda:N`` (the stored spec, and its hash, stay as submitted); an explicit "cuda:N" or "cpu" is kept.
+  in a worker process forked from a fork server that has imported torch and the engine but never touched
+  CUDA (CUDA cannot be re-initialised in a child forked after it was), or, with ``SNOWS_SPARE=off``, a
+  spawned one: one at a time per GPU, up to $SNOWS_CPU_WORKERS (default 1) on CPU, and exits when idle.
+  Each worker on a GPU machine is given the lowest-numbered free GPU: a spec whose device is "auto" or
+  "cuda" runs on ``cuda:N`` (the stored spec, and its hash, stay as submitted); an explicit "cuda:N" or
+  "cpu" is kept.
 - A warm queue: the dispatcher keeps one *spare* worker started ahead of need (torch, the engine and the
   models imported, nothing claimed) and hands it the next claimed run through a pipe, so a run starts
-  without a process start and imports. A replacement spare starts in the background at once while runs
-  wait (its imports overlap their compute), else when the running runs have ended (so a lone run does
-  not share the cores with imports). One run per process stays the rule (a worker that ran a run
+  at once, and forks a replacement at once. One run per process stays the rule (a worker that ran a run
   exits). The spare holds no run slot and no claim: killed, it loses nothing (the next tick starts
   another); when the dispatcher goes (idle exit, or killed: the pipe closes) the spare goes with it.
-  ``SNOWS_SPARE=off`` switches it off.
+  ``SNOWS_SPARE=off`` switches the spare and the fork server off.
 - An idle queue keeps its dispatcher (and spare) for ``SNOWS_IDLE_SECONDS`` (default 60) after its last
   run, so the next run of an exploring user starts warm; then both exit. ``<home>/dispatcher.json``
   names the live dispatcher's pid, its spare's and whether the spare is ready.
@@ -32,6 +32,7 @@ import dataclasses
 import errno
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import sys
@@ -109,8 +110,22 @@ def dispatcher_state(home: Path) -> dict[str, Any] | None:
         return None
 
 
+def _context() -> Any:
+    """Where worker processes come from. With the warm queue, a fork server that imported torch and the engine
+    once (`multiprocessing`'s "forkserver", its preload the pipeline): a worker or spare is then a fork of it, a
+    few milliseconds, where a spawned one spends seconds importing, and on a small machine those imports take
+    the cores from the run in progress. The server itself never touches CUDA, so its forks may. Without the warm
+    queue (``SNOWS_SPARE=off``), "spawn" as before: each worker a fresh interpreter."""
+    if not spare_enabled():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["snows_core.runs.pipeline"])
+    multiprocessing.forkserver.ensure_running()  # its imports overlap the dispatcher's own (the GPU count's)
+    return ctx
+
+
 def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     workers: dict[str, multiprocessing.Process] = {}
     gpus: dict[str, int] = {}  # run id -> the GPU its worker was given
     n_gpus = _gpu_count()
@@ -134,10 +149,8 @@ def _serve(store: RunStore, home: Path, queued: Callable[[], bool]) -> None:
             workers[run["id"]] = process
             if gpu is not None:
                 gpus[run["id"]] = gpu
-        waiting = queued()
-        if waiting or not workers:  # a lone run is not slowed by a spare's imports: its spare starts after it
-            spare.keep()
-        return bool(workers) or waiting
+        spare.keep()
+        return bool(workers) or queued()
 
     try:
         serve_until_idle(tick, idle_seconds())
