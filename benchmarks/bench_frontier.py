@@ -15,11 +15,13 @@ Tables (`--tables`, comma-separated):
 3. calibration images: `--n-calib`, and `--big-calib` in mini-batches and as one batch;
 recipes. `snows_core.recipes`: every named recipe at each sparsity of `--sparsity`;
 parts. window-obc part by part at each sparsity: obc, + rows weighed by the window, + the joint re-fit, both;
-rounding. `--recipe` at `--recipe-sparsity` on each sample as given and with its images permuted.
+rounding. `--recipe` at `--recipe-sparsity` on each sample as given and with its images permuted;
+solver. `--recipe` at `--recipe-sparsity` with CG preconditioned (`preconditioner="gram"`), and with 2 Newton passes
+        too, paired by sample with the recipe as it is.
 
     .venv/bin/python benchmarks/bench_frontier.py [--shared ../shared] [--sparsity 0.7,0.8,0.9,0.95,2:4]
         [--masks magnitude,wanda,sparsegpt,obc,window-obc] [--stages 5] [--recipe best] [--recipe-sparsity 0.9]
-        [--recipe-mask obc] [--big-calib 1024] [--tables 1,2,3,recipes,parts,rounding] [--samples 5]
+        [--recipe-mask obc] [--big-calib 1024] [--tables 1,2,3,recipes,parts,rounding,solver] [--samples 5]
         [--validation 1000] [--out frontier.json]
 """
 
@@ -206,8 +208,34 @@ def main() -> None:
         for sample, (a, b) in enumerate(zip(given["test"], permuted["test"], strict=True)):
             print(f"| {sample} | {100 * a:.2f} | {100 * b:.2f} | {100 * abs(a - b):.2f} |")
         print(f"\nmean |moved| {100 * sum(moved) / len(moved):.2f} points, largest {100 * max(moved):.2f}")
+    if "solver" in tables:
+        solver_table(bench, args.recipe, args.recipe_sparsity)
     if args.out:
         args.out.write_text(json.dumps(bench.rows, indent=1))
+
+
+SOLVERS = {  # the solver table: label -> overrides of the recipe
+    "as is": {},
+    "preconditioned": {"preconditioner": "gram"},
+    "preconditioned, 2 passes": {"preconditioner": "gram", "newton_passes": 2},
+}
+
+
+def solver_table(bench: Bench, recipe: str, sparsity: str) -> None:
+    """`recipe` with its Newton steps solved further, each paired by sample with the recipe as it is."""
+    print(f"\nSolver: recipe {recipe!r} at {sparsity}, val / test, paired differences against it as is\n")
+    print("| solver | mean ± 95% | paired minus as is | seconds |\n|---|---|---|---|")
+    base = None
+    for label, overrides in SOLVERS.items():
+        measured = bench.run(get_recipe(recipe, device="cpu", **target(sparsity), **overrides), table="solver")
+        base = base or measured
+        paired = [
+            interval([a - b for a, b in zip(measured[split], base[split], strict=True)]) for split in ("val", "test")
+        ]
+        cells = f"{interval(measured['val'])} / {interval(measured['test'])}"
+        print(
+            f"| {label} | {cells} | {' / '.join(paired) if measured is not base else ''} | {measured['seconds']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from snows_core.scan import scan_sparsities
 
 __all__ = ["Forecast", "Probe", "probe", "forecast"]
 
-STARTUP_SECONDS = 4.0  # spawn a worker, import torch, load data (bench_queue.py: first event 3.9-4.3 s after submit)
+STARTUP_SECONDS = 1.0  # a run's start: 0.3 s on a warm queue, 5 s on a cold one (bench_queue.py), data and model loads
 SETUP_FORWARDS = 1.2
 HVP_FORWARDS = 0.5
 LINE_SEARCH_FORWARDS = 3.5

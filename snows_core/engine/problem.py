@@ -72,16 +72,6 @@ class LayerProblem:
     externals: list[object] = field(default_factory=list)  # the window's other inputs, on the pruned path
     reference: list[torch.Tensor] = field(default_factory=list)  # (N, ...) each: the values to reconstruct
 
-    def input_gram(self, limit: int) -> tuple[torch.Tensor, int]:
-        """The input Gram matrix (groups, d, d) and its output numel: the cached one on all images when at hand,
-        else one on the first `limit` images (what a preconditioner needs: its shape, not every image)."""
-        if self._grams is not None or limit >= self.n:
-            gram, _, numel = self.grams
-            return gram, numel
-        x = self.x[:limit]
-        gram, _, numel = input_grams(self.module, x, x, self.dense_weight, self.batch_size)
-        return gram, numel
-
     # 4. the mask and the starting point
     mask: torch.Tensor | None = None  # bool like the weight; True = kept
     free_index: torch.Tensor | None = None  # (n_free,) flat positions of the kept weights: what the solver moves
@@ -115,6 +105,16 @@ class LayerProblem:
         if self._grams is None:
             self._grams = input_grams(self.module, self.x, self.x_reference, self.dense_weight, self.batch_size)
         return self._grams
+
+    def input_gram(self, limit: int) -> tuple[torch.Tensor, int]:
+        """The input Gram matrix (groups, d, d) and its output numel: the cached one on all images when at hand,
+        else one on the first `limit` images (what a preconditioner needs: its shape, not every image)."""
+        if self._grams is not None or limit >= self.n:
+            gram, _, numel = self.grams
+            return gram, numel
+        x = self.x[:limit]
+        gram, _, numel = input_grams(self.module, x, x, self.dense_weight, self.batch_size)
+        return gram, numel
 
     # 4. the mask
     def set_mask(self, mask: torch.Tensor, start_weight: torch.Tensor | None = None) -> LayerProblem:

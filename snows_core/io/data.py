@@ -135,13 +135,10 @@ def load_npz(path: str | Path, split: str = "train") -> tuple[torch.Tensor, torc
 
 def _npz_dataset(path: Path, split: str) -> ImageTensorDataset:
     npz_split_shape(path, split)  # the members are there and the images uint8 NCHW
-    x, y = (decoded(path, f"npz:{member}", lambda p, m=member: _npz_member(p, m)) for member in _members(split))
+    x = decoded(path, f"npz:{split}_x", lambda p: _npz_member(p, f"{split}_x"))  # (N, C, H, W) uint8
+    y = decoded(path, f"npz:{split}_y", lambda p: _npz_member(p, f"{split}_y"))  # (N,)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if x.shape[1] == 3 else (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return ImageTensorDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), mean, std)
-
-
-def _members(split: str) -> tuple[str, str]:
-    return f"{split}_x", f"{split}_y"
 
 
 def _npz_member(path: Path, member: str) -> np.ndarray:
