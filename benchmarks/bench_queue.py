@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from bench_frontier import machine  # noqa: E402
 
 from snows_core import PruneConfig  # noqa: E402
 from snows_core.recipes import get_recipe  # noqa: E402
@@ -42,18 +43,6 @@ from snows_core.runs.sweep import grid_specs, submit_all  # noqa: E402
 PRESET_AXES = {"mask": ["magnitude", "wanda"], "k": [0, 3], "sparsity": [0.5, 0.7, 0.9]}
 OFF = {"SNOWS_SPARE": "off", "SNOWS_CACHE": "off"}
 ON = {"SNOWS_SPARE": "on", "SNOWS_CACHE": "on"}
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def new_store() -> RunStore:
@@ -195,7 +184,8 @@ def main() -> None:
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     workers = os.environ.get("SNOWS_CPU_WORKERS", "1")
-    print(f"machine: {machine()}; commit {commit.stdout.strip()}; SNOWS_CPU_WORKERS={workers}")
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    print(f"machine: {machine()}, {versions}; commit {commit.stdout.strip()}; SNOWS_CPU_WORKERS={workers}")
     tiny_runs(args.tiny)
     if not args.skip_sweep:
         sweeps(args.sweeps)

@@ -117,7 +117,7 @@ def draw_result(ids: dict[str, str], rows: pd.DataFrame) -> None:
         bars = pd.DataFrame({"label": ["mask only", "re-fitted"], "top1": [row["top1_mask_only"], row["top1_final"]]})
     else:
         bars = pd.DataFrame({"label": rows["step_label"], "top1": rows["top1_final"]})
-    chart, extra = st.columns(2) if step.view in ("masks",) else (st.container(), None)
+    chart, extra = st.columns(2) if step.view == "masks" else (st.container(), None)
     chart.plotly_chart(sized(charts.accuracy_bars(bars, dense)), key="lesson_bars")
     if step.view == "masks":
         overlap, _, common = kept.compare_masks(store(), ids)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
+
+from snows_core.io.atomic import replaced
 
 __all__ = ["decode_cache", "decoded", "source_key"]
 
@@ -78,15 +78,8 @@ def _read(path: Path, key: str) -> np.ndarray | None:
 
 
 def _write(path: Path, key: str, array: np.ndarray) -> None:
-    """Write the entry whole or not at all: a temporary file in the same folder, then an atomic rename."""
+    """Write the entry whole or not at all (`snows_core.io.atomic.replaced`)."""
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"data": array}, temporary, metadata={"key": key, "crc32": str(zlib.crc32(array))})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replaced(path) as temporary:
+        save_file({"data": array}, str(temporary), metadata={"key": key, "crc32": str(zlib.crc32(array))})

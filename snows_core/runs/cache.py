@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from snows_core import __version__
+from snows_core.io.atomic import replaced
 from snows_core.io.decoded import decode_cache
 
 __all__ = ["store_cache", "cache_enabled", "cached_evaluation", "model_digest", "dataset_digest"]
@@ -115,13 +115,6 @@ def _read(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def _write(path: Path, entry: dict[str, Any]) -> None:
-    """Write `entry` whole or not at all: a temporary file in the same folder, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(entry, out)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write `entry` whole or not at all (`snows_core.io.atomic.replaced`)."""
+    with replaced(path) as temporary:
+        temporary.write_text(json.dumps(entry))

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from snows_core.events import Event
+from snows_core.io.atomic import replaced
 from snows_core.runs.process import (
     CANCEL_GRACE_SECONDS,
     HEARTBEAT_SECONDS,
@@ -222,9 +223,8 @@ class _Spare:
     def _announce(self) -> None:
         spare = self.process.pid if self.process is not None else None
         state = {"pid": os.getpid(), "spare": spare, "spare_ready": self.ready}
-        temporary = self.home / f"dispatcher.json.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, self.home / "dispatcher.json")
+        with replaced(self.home / "dispatcher.json") as temporary:
+            temporary.write_text(json.dumps(state))
 
 
 def _collect(store: RunStore, workers: dict[str, multiprocessing.Process]) -> None:

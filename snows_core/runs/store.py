@@ -397,21 +397,18 @@ class RunStore:
     def find_done(self, spec_hash: str, version: str) -> str | None:
         """The newest run computed here that ended done with this spec hash and library version, if any
         (an imported run is shown, never reused: its numbers were not made on this machine)."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND status = 'done' "
-                "AND imported_from IS NULL ORDER BY created DESC",
-                (spec_hash, version),
-            ).fetchone()
-        return row[0] if row else None
+        return self._newest(spec_hash, version, "status = 'done' AND imported_from IS NULL")
 
     def find_active(self, spec_hash: str, version: str) -> str | None:
         """The newest queued or running run with this spec hash and library version, if any (so a page that
         would launch it again follows that one instead)."""
+        return self._newest(spec_hash, version, "status IN ('queued', 'running')")
+
+    def _newest(self, spec_hash: str, version: str, condition: str) -> str | None:
+        """The newest run with this spec hash and version that meets `condition` (a constant SQL clause)."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND status IN ('queued', 'running') "
-                "ORDER BY created DESC",
+                f"SELECT id FROM runs WHERE spec_hash = ? AND version = ? AND {condition} ORDER BY created DESC",
                 (spec_hash, version),
             ).fetchone()
         return row[0] if row else None
