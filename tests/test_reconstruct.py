@@ -9,7 +9,12 @@ from snows_core import PruneConfig, prune_model
 from snows_core.engine.columns import KeptFactors, input_grams, layer_columns, solve_on_kept
 from snows_core.engine.graph import PrunedPath, prunable_nodes, trace
 from snows_core.engine.problem import LayerProblem, layer_problem
-from snows_core.engine.reconstruct import get_reconstruction, list_reconstructions, lstsq_weight
+from snows_core.engine.reconstruct import (
+    get_reconstruction,
+    gram_preconditioner,
+    list_reconstructions,
+    lstsq_weight,
+)
 from snows_core.masks import unstructured_mask
 
 
@@ -77,6 +82,34 @@ def make_problem(model, layer: str, k: int, sparsity: float = 0.6) -> LayerProbl
     return layer_problem(gm, node, path, k=k, mask=mask, batch_size=8)[0]
 
 
+def test_the_gram_preconditioner_solves_each_rows_kept_system_of_the_layers_own_hessian(tiny_resnet):
+    problem = make_problem(tiny_resnet, "c1", k=0)
+    damping = 1e-2
+    precondition = gram_preconditioner(problem, damping)
+    gram, _, numel = problem.grams  # (1, d, d)
+    mask = problem.mask.reshape(problem.mask.shape[0], -1)  # (rows, d)
+    r = torch.randn(problem.free_index.numel(), generator=torch.Generator().manual_seed(4))  # (n_free,)
+    expected, start = torch.zeros_like(r, dtype=torch.float64), 0
+    for row in mask:
+        kept = row.nonzero().squeeze(1)
+        system = 2.0 / numel * gram[0][kept][:, kept] + damping * torch.eye(kept.numel(), dtype=torch.float64)
+        expected[start : start + kept.numel()] = torch.linalg.solve(system, r[start : start + kept.numel()].double())
+        start += kept.numel()
+    torch.testing.assert_close(precondition(r).double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_warm_start_and_the_preconditioner_factor_each_layer_once(tiny_resnet, monkeypatch):
+    factorised = []
+    cholesky_ex = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda a: factorised.append(a.shape) or cholesky_ex(a))
+    problem = make_problem(tiny_resnet, "c1", k=0)
+    get_reconstruction("lstsq")(problem, PruneConfig(k=0), lambda e: None)
+    alone = len(factorised)
+    problem = make_problem(tiny_resnet, "c1", k=0)
+    get_reconstruction("snows")(problem, PruneConfig(k=0, preconditioner="gram"), lambda e: None)
+    assert alone >= 1 and len(factorised) == 2 * alone
+
+
 @pytest.mark.parametrize("curvature", ["exact", "gauss-newton"])
 def test_snows_at_k0_reaches_the_least_squares_optimum(tiny_resnet, curvature):
     """K=0 with the same inputs is the lstsq problem; Newton-CG from the mask must land on its optimum."""
@@ -123,6 +156,26 @@ def test_newton_steps_emit_events_with_losses_and_cg_counts(tiny_resnet):
     steps = [e for e in events if e.kind == "newton_step"]
     assert steps and all(e.loss_after <= e.loss and 1 <= e.cg_iters <= 10 and 0 <= e.step_size <= 1 for e in steps)
     assert {e.layer for e in steps} == {"c1", "c2"}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("conv", "size"),
+    [
+        (nn.Conv2d(3, 4, 3, padding=1), 6),
+        (nn.Conv2d(4, 6, 3, padding=1, stride=2, groups=2), 7),
+        (nn.Conv2d(2, 2, (3, 2), padding=(2, 0), dilation=(2, 1), stride=(1, 2)), 7),
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4), 5),  # depthwise
+        (nn.Conv2d(3, 5, 1), 4),
+    ],
+)
+def test_layer_columns_are_the_unfolded_im2col_columns_in_either_memory_format(conv, size, channels_last):
+    x = torch.randn(2, conv.in_channels, size, size, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    unfolded = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (n, C*kh*kw, L)
+    expected = unfolded.unflatten(1, (conv.groups, -1)).permute(1, 2, 0, 3).flatten(2)  # (groups, d, n*L)
+    assert torch.equal(layer_columns(conv, x), expected)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

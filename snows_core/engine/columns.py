@@ -20,6 +20,7 @@ __all__ = [
     "input_grams",
     "columns_unsupported",
     "linear_part",
+    "row_groups",
     "solve_on_kept",
     "kept_blocks",
     "KeptFactors",
@@ -41,15 +42,24 @@ def columns_unsupported(module: nn.Module) -> str | None:
 
 
 def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input columns, (groups, d, n*L): im2col for a conv, features for a Linear."""
+    """The layer's input columns, (groups, d, n*L): im2col for a conv, features for a Linear.
+
+    A conv's im2col is one copy of strided windows of the padded input, read a row of output positions at
+    a time, in either memory format (F.unfold and then grouping its result read every value twice).
+    """
     reason = columns_unsupported(module)
     if reason:
         raise ValueError(f"no input columns for {module}: {reason}")
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).T[None]  # (1, in, rows)
-    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (n, C*k*k, L)
-    cols = cols.unflatten(1, (module.groups, -1))  # (n, groups, d, L)
-    return cols.permute(1, 2, 0, 3).flatten(2)  # (groups, d, n*L)
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = module.kernel_size, module.stride, module.dilation, module.padding
+    padded = F.pad(x, (pw, pw, ph, ph))  # (n, C, H + 2ph, W + 2pw), NCHW or channels-last
+    n, c, height, width = padded.shape
+    out_h, out_w = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+    s = padded.stride()
+    windows = padded.as_strided((c, kh, kw, n, out_h, out_w), (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw))
+    cols = windows.reshape(module.groups, c // module.groups * kh * kw, n * out_h * out_w)  # (groups, d, n*L)
+    return cols.contiguous()  # a view when nothing overlaps (1x1, channels-last): products want rows
 
 
 def input_grams(
@@ -95,6 +105,11 @@ def _output_columns(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, gr
     if isinstance(module, nn.Linear):
         return y.reshape(-1, weight.shape[0]).T[None]  # (1, out, rows)
     return y.flatten(2).unflatten(1, (groups, -1)).permute(1, 2, 0, 3).flatten(2)  # (groups, out/g, n*L)
+
+
+def row_groups(rows: int, groups: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(rows,): the group each output row belongs to, rows split evenly over `groups` in order."""
+    return torch.arange(rows, device=device) // (rows // groups)
 
 
 def solve_on_kept(

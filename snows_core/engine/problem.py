@@ -35,7 +35,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from snows_core.engine.columns import input_grams, linear_part
+from snows_core.engine.columns import KeptFactors, input_grams, linear_part, row_groups
 from snows_core.engine.graph import PrunedPath
 from snows_core.engine.solver import tap_loss
 from snows_core.engine.tangent import TangentProgram, tangent_program
@@ -78,6 +78,7 @@ class LayerProblem:
     start_weight: torch.Tensor | None = None  # where reconstruction starts, zero outside the mask
     moved: bool = False  # the start is not the plain masked dense weight
     _grams: tuple[torch.Tensor, torch.Tensor, int] | None = None
+    _factors: tuple[float, KeptFactors] | None = None  # (ridge, the kept systems' factors) under this mask
     _tangent: TangentProgram | str | None = None
     _mask_loss: float | None = None
     _start_loss: float | None = None
@@ -106,6 +107,11 @@ class LayerProblem:
             self._grams = input_grams(self.module, self.x, self.x_reference, self.dense_weight, self.batch_size)
         return self._grams
 
+    @property
+    def has_full_gram(self) -> bool:
+        """Whether the Gram on every image is computed (`grams`), so that reading it costs nothing."""
+        return self._grams is not None
+
     def input_gram(self, limit: int) -> tuple[torch.Tensor, int]:
         """The input Gram matrix (groups, d, d) and its output numel: the cached one on all images when at hand,
         else one on the first `limit` images (what a preconditioner needs: its shape, not every image)."""
@@ -115,6 +121,17 @@ class LayerProblem:
         x = self.x[:limit]
         gram, _, numel = input_grams(self.module, x, x, self.dense_weight, self.batch_size)
         return gram, numel
+
+    def kept_factors(self, ridge: float) -> KeptFactors:
+        """Per output row, G_SS + ridge I on its kept inputs S (G the input Gram on every image) factored by
+        Cholesky, once per mask and ridge: the least-squares warm start and the Gram preconditioner solve the
+        same systems (up to the scale 2 / numel)."""
+        if self._factors is None or self._factors[0] != ridge:
+            gram = self.grams[0]  # (groups, d, d)
+            keep = self.mask.reshape(self.mask.shape[0], -1).to(gram.dtype)  # (rows, d)
+            groups = row_groups(keep.shape[0], gram.shape[0], keep.device)  # (rows,)
+            self._factors = (ridge, KeptFactors(gram, groups, keep, ridge))
+        return self._factors[1]
 
     # 4. the mask
     def set_mask(self, mask: torch.Tensor, start_weight: torch.Tensor | None = None) -> LayerProblem:
@@ -126,7 +143,7 @@ class LayerProblem:
         start = masked if start_weight is None else start_weight * mask
         self.moved = not torch.equal(start, masked)
         self.start_weight = start
-        self._mask_loss = self._start_loss = None
+        self._mask_loss = self._start_loss = self._factors = None
         return self
 
     def with_mask(self, mask: torch.Tensor, start_weight: torch.Tensor | None = None) -> LayerProblem:
@@ -220,7 +237,7 @@ class LayerProblem:
     # 6.
     def free(self) -> None:
         """Drop the tensors (inputs, taps, moments) once the layer is written back."""
-        self.x = self.x_reference = self.window = self._grams = self._tangent = None
+        self.x = self.x_reference = self.window = self._grams = self._factors = self._tangent = None
         self.externals, self.reference = [], []
 
 

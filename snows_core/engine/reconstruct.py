@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from snows_core.engine.columns import KeptFactors, solve_on_kept
+from snows_core.engine.columns import KeptFactors, row_groups, solve_on_kept
 from snows_core.engine.problem import LayerProblem
 from snows_core.engine.solver import (
     CGResult,
@@ -223,20 +223,24 @@ def gram_preconditioner(problem: LayerProblem, damping: float) -> Callable[[torc
 
     s G (s = 2 / numel of the layer's output, G its input Gram) is the exact Hessian of the objective's first
     term, the layer's own output, and block-diagonal by output rows; the window's later taps add coupling
-    between rows that CG handles. The Gram comes from at most PRECONDITIONER_IMAGES images (or the one the warm
-    start computed); the rows are factored once per layer, or, past FACTOR_BYTES of factors (a ViT's wide
-    layers at low sparsity), only their diagonals are used (Jacobi).
+    between rows that CG handles. With the Gram on every image at hand (the warm start computed it) the rows'
+    factors are the warm start's: s G_SS + damping I = s (G_SS + lambda I), lambda = damping / s, its ridge.
+    Otherwise the Gram comes from at most PRECONDITIONER_IMAGES images, factored here. Past FACTOR_BYTES of
+    factors (a ViT's wide layers at low sparsity) only their diagonals are used (Jacobi).
     """
     gram, numel = problem.input_gram(PRECONDITIONER_IMAGES)  # (groups, d, d) float64
     mask, index = problem.mask, problem.free_index
     keep = mask.reshape(mask.shape[0], -1).to(gram.dtype)  # (rows, d)
-    group_of_row = torch.arange(keep.shape[0], device=keep.device) // (keep.shape[0] // gram.shape[0])  # (rows,)
-    system = gram * (2.0 / numel)
-    if KeptFactors.footprint(keep) <= FACTOR_BYTES:
-        solve = KeptFactors(system, group_of_row, keep, damping).solve
-    else:
-        diagonal = system.diagonal(dim1=1, dim2=2)[group_of_row] + damping  # (rows, d)
+    group_of_row = row_groups(keep.shape[0], gram.shape[0], keep.device)  # (rows,)
+    scale = 2.0 / numel
+    if KeptFactors.footprint(keep) > FACTOR_BYTES:
+        diagonal = scale * gram.diagonal(dim1=1, dim2=2)[group_of_row] + damping  # (rows, d)
         solve = lambda full: full / diagonal  # noqa: E731
+    elif problem.has_full_gram and damping > 0:
+        factors = problem.kept_factors(damping / scale)
+        solve = lambda full: factors.solve(full) / scale  # noqa: E731
+    else:
+        solve = KeptFactors(gram * scale, group_of_row, keep, damping).solve
 
     def precondition(r: torch.Tensor) -> torch.Tensor:
         full = torch.zeros(mask.numel(), dtype=gram.dtype, device=r.device).scatter(0, index, r.to(gram.dtype))
@@ -265,11 +269,12 @@ def lstsq_weight(problem: LayerProblem, mask: torch.Tensor, damping: float) -> t
     """
     gram, cross, numel_out = problem.grams
     dense_weight = problem.dense_weight
-    groups = gram.shape[0]
     rows = dense_weight.reshape(dense_weight.shape[0], -1).to(gram.dtype)  # (out, d)
     keep = mask.reshape(rows.shape).to(gram.dtype)  # (out, d)
-    group_of_row = torch.arange(rows.shape[0], device=rows.device) // (rows.shape[0] // groups)  # (out,)
     ridge = damping * numel_out / 2
     target = cross.transpose(1, 2).reshape(rows.shape)  # (out, d): C w, per group
-    solved = solve_on_kept(gram, group_of_row, keep, target, ridge)  # (out, d)
+    if mask is problem.mask and ridge > 0 and KeptFactors.footprint(keep) <= FACTOR_BYTES:
+        solved = problem.kept_factors(ridge).solve(target)  # (out, d): factors the preconditioner reuses
+    else:  # chunk by chunk, nothing kept; a singular system (no ridge) by its pseudo-inverse
+        solved = solve_on_kept(gram, row_groups(rows.shape[0], gram.shape[0], rows.device), keep, target, ridge)
     return solved.reshape(dense_weight.shape).to(dense_weight.dtype)

@@ -39,7 +39,7 @@ import itertools
 
 import torch
 
-from snows_core.engine.columns import solve_on_kept
+from snows_core.engine.columns import row_groups, solve_on_kept
 from snows_core.engine.problem import LayerProblem
 from snows_core.masks.method import MaskChoice, register_mask_method
 from snows_core.masks.obs import RELATIVE_DAMPING, column_order, damped_hessian, layer_start
@@ -84,7 +84,7 @@ def obc_prune(
     rows, d = weight.shape
     h, dead = damped_hessian(hessian.reshape(-1, d, d), relative_damping)  # (groups, d, d), (groups, d)
     groups = h.shape[0]
-    group_of_row = torch.arange(rows, device=weight.device) // (rows // groups)  # (rows,)
+    group_of_row = row_groups(rows, groups, weight.device)  # (rows,)
     w = weight.detach().to(torch.float64) * ~dead[group_of_row]  # (rows, d)
     kept = torch.ones(rows, d, dtype=torch.bool, device=w.device) if prior is None else prior.clone()
     extra = None  # N:M: every row prunes M - N of each group, no count to share out
