@@ -320,9 +320,9 @@ with st.expander("Advanced"):
         "CG preconditioner",
         PRECONDITIONERS,
         key="preconditioner",
-        help="gram: CG preconditioned by the exact Hessian of the layer's own output (its input Gram per output "
-        "row); the same products and stopping rule, met in fewer products (the official settings on resnet20: "
-        "about 2x faster, top-1 within 0.3 points)",
+        help="gram (the default): CG preconditioned by the exact Hessian of the layer's own output (its input "
+        "Gram per output row); the same products and stopping rule, met in fewer products: one at K = 0, and 5 "
+        "reach what 10 plain ones did; none: plain CG (the official code's)",
     )
 
 st.session_state[SAVED] = {key: st.session_state[key] for key in FORM_DEFAULTS}

@@ -23,11 +23,12 @@ from typing import Any
 
 from snows_core.io import catalog
 
-SCHEMA_VERSION = 2  # 2: newton_steps became newton_passes
+SCHEMA_VERSION = 3  # 2: newton_steps became newton_passes; 3: the solver's defaults became CG 5 with "gram"
 
 PATTERNS_HELP = '"unstructured" or "N:M" with 0 < N <= M, such as "2:4"'
 CURVATURES = ("exact", "gauss-newton")
 PRECONDITIONERS = ("none", "gram")
+PRE_3_DEFAULTS = {"cg_iters": 10, "preconditioner": "none"}  # what schema 1 and 2 meant by a missing field
 TARGETS = ("dense", "pruned-input", "official")
 DEVICES_HELP = '"auto", "cpu", "cuda" or "cuda:N"'
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -76,10 +77,11 @@ class PruneConfig:
         curvature_fraction: share of each mini-batch's images (drawn afresh every Newton step) on which
             the CG curvature products are taken; the gradient and the line search use the whole batch
             (Martens 2010). Products cost in proportion.
-        preconditioner: "none" (plain CG) or "gram": preconditioned CG with, per output row, the exact
-            Hessian of the layer's own output term (its input Gram on the row's kept inputs, plus damping),
-            factored once per layer. Same products, same stopping rule on the true residual: fewer products
-            to meet it.
+        preconditioner: "gram" (the default) or "none" (plain CG): preconditioned CG with, per output row,
+            the exact Hessian of the layer's own output term (its input Gram on the row's kept inputs, plus
+            damping), factored once per layer. Same products, same stopping rule on the true residual: fewer
+            products to meet it (at K=0 one: there that Hessian is the whole one), and 5 preconditioned
+            iterations reach what 10 plain ones did (README, "The default solve").
         warm_start: start SNOWS from the layer-wise least-squares solution ("MP+").
         targets: "dense": reconstruct the dense network's own activations at the window's taps, so
             the error of every earlier layer is compensated too; "pruned-input": the dense window
@@ -105,12 +107,12 @@ class PruneConfig:
     n_calib: int = 256
     batch_size: int = 256
     newton_passes: int = 1
-    cg_iters: int = 10
+    cg_iters: int = 5
     cg_tol: float = 1e-3
     damping: float = 1e-4
     curvature: str = "exact"
     curvature_fraction: float = 1.0
-    preconditioner: str = "none"
+    preconditioner: str = "gram"
     warm_start: bool = True
     targets: str = "dense"
     layers: tuple[str, ...] | None = None
@@ -196,12 +198,16 @@ class PruneConfig:
 def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A stored config dict in today's field names, without its schema_version (no validation, no imports).
 
-    Schema 1 called `newton_passes` `newton_steps`. ValueError if the dict is newer than this library.
+    Schema 1 called `newton_passes` `newton_steps`. Before schema 3 the defaults were plain CG of 10 products
+    (`PRE_3_DEFAULTS`): an older dict without those fields (written before they existed) ran them. ValueError if
+    the dict is newer than this library.
     """
     version = data.get("schema_version", SCHEMA_VERSION)
     data = pop_schema_version(data, SCHEMA_VERSION)
     if isinstance(version, int) and version < 2 and "newton_steps" in data:
         data["newton_passes"] = data.pop("newton_steps")
+    if isinstance(version, int) and version < 3:
+        data = {**PRE_3_DEFAULTS, **data}
     return data
 
 

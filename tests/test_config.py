@@ -116,6 +116,14 @@ def test_schema_1_configs_with_newton_steps_still_load_as_newton_passes():
         PruneConfig.from_dict({"schema_version": SCHEMA_VERSION, "newton_steps": 3})
 
 
+def test_a_schema_2_config_without_the_solver_fields_ran_plain_cg_of_10_and_loads_so():
+    old = {key: value for key, value in PruneConfig().to_dict().items() if key not in ("preconditioner", "cg_iters")}
+    assert PruneConfig.from_dict({**old, "schema_version": 2}) == PruneConfig(preconditioner="none", cg_iters=10)
+    assert PruneConfig.from_dict({**old, "schema_version": 2, "cg_iters": 7}).cg_iters == 7  # written: kept
+    assert PruneConfig.from_dict(old) == PruneConfig()  # today's schema: today's defaults
+    assert (PruneConfig().preconditioner, PruneConfig().cg_iters) == ("gram", 5)
+
+
 def test_the_old_newton_steps_flag_still_sets_the_passes():
     from snows_core.cli import _parser
 
