@@ -16,8 +16,8 @@ Tables (`--tables`, comma-separated):
 recipes. `snows_core.recipes`: every named recipe at each sparsity of `--sparsity`;
 parts. window-obc part by part at each sparsity: obc, + rows weighed by the window, + the joint re-fit, both;
 rounding. `--recipe` at `--recipe-sparsity` on each sample as given and with its images permuted;
-solver. `--recipe` at `--recipe-sparsity` with CG preconditioned (`preconditioner="gram"`), and with 2 Newton passes
-        too, paired by sample with the recipe as it is.
+solver. `--recipe` at `--recipe-sparsity` with plain CG of 10 products, Gram-preconditioned CG of 10, 5 and 3, and
+        2 Newton passes, each paired by sample with the recipe as it is (rows equal to it are skipped).
 
     .venv/bin/python benchmarks/bench_frontier.py [--shared ../shared] [--sparsity 0.7,0.8,0.9,0.95,2:4]
         [--masks magnitude,wanda,sparsegpt,obc,window-obc] [--stages 5] [--recipe best] [--recipe-sparsity 0.9]
@@ -214,10 +214,13 @@ def main() -> None:
         args.out.write_text(json.dumps(bench.rows, indent=1))
 
 
-SOLVERS = {  # the solver table: label -> overrides of the recipe
+SOLVERS = {  # the solver table: label -> overrides of the recipe (a row whose config is the recipe's is skipped)
     "as is": {},
-    "preconditioned": {"preconditioner": "gram"},
-    "preconditioned, 2 passes": {"preconditioner": "gram", "newton_passes": 2},
+    "plain CG, 10 products (the default before config schema 3)": {"preconditioner": "none", "cg_iters": 10},
+    "Gram-preconditioned CG, 10 products": {"preconditioner": "gram", "cg_iters": 10},
+    "Gram-preconditioned CG, 5 products (the default)": {"preconditioner": "gram", "cg_iters": 5},
+    "Gram-preconditioned CG, 3 products": {"preconditioner": "gram", "cg_iters": 3},
+    "Gram-preconditioned, 2 passes": {"preconditioner": "gram", "newton_passes": 2},
 }
 
 
@@ -225,9 +228,12 @@ def solver_table(bench: Bench, recipe: str, sparsity: str) -> None:
     """`recipe` with its Newton steps solved further, each paired by sample with the recipe as it is."""
     print(f"\nSolver: recipe {recipe!r} at {sparsity}, val / test, paired differences against it as is\n")
     print("| solver | mean ± 95% | paired minus as is | seconds |\n|---|---|---|---|")
-    base = None
+    base, as_is = None, get_recipe(recipe, device="cpu", **target(sparsity))
     for label, overrides in SOLVERS.items():
-        measured = bench.run(get_recipe(recipe, device="cpu", **target(sparsity), **overrides), table="solver")
+        cfg = get_recipe(recipe, device="cpu", **target(sparsity), **overrides)
+        if overrides and cfg == as_is:
+            continue
+        measured = bench.run(cfg, table="solver")
         base = base or measured
         paired = [
             interval([a - b for a, b in zip(measured[split], base[split], strict=True)]) for split in ("val", "test")

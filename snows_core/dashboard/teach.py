@@ -25,10 +25,18 @@ from snows_core.runs.spec import RunSpec
 
 __all__ = ["mask_example", "window_chains", "LEARN_SPEC", "NewtonCG2D", "newton_cg_2d"]
 
-LEARN_SPEC = RunSpec(
+LEARN_SPEC = RunSpec(  # plain CG, as the lesson explains it (H d = -g, nothing preconditioned)
     model="mlp",
     config=PruneConfig(
-        sparsity=0.9, mask="magnitude", k=2, n_calib=128, newton_passes=6, cg_iters=10, layers=("3",), seed=0
+        sparsity=0.9,
+        mask="magnitude",
+        k=2,
+        n_calib=128,
+        newton_passes=6,
+        cg_iters=10,
+        preconditioner="none",
+        layers=("3",),
+        seed=0,
     ),
     eval_size=1000,
 )
