@@ -170,7 +170,7 @@ def test_newton_steps_emit_events_with_losses_and_cg_counts(tiny_resnet):
     ],
 )
 def test_layer_columns_are_the_unfolded_im2col_columns_in_either_memory_format(conv, size, channels_last):
-    x = torch.randn(2, conv.in_channels, size, size, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(3, conv.in_channels, size, size, generator=torch.Generator().manual_seed(1))[1:]  # an offset view
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     unfolded = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (n, C*kh*kw, L)

@@ -59,7 +59,8 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     s = padded.stride()
     windows = padded.as_strided((c, kh, kw, n, out_h, out_w), (s[1], s[2] * dh, s[3] * dw, s[0], s[2] * sh, s[3] * sw))
     cols = windows.reshape(module.groups, c // module.groups * kh * kw, n * out_h * out_w)  # (groups, d, n*L)
-    return cols.contiguous()  # a view when nothing overlaps (1x1, channels-last): products want rows
+    # reshape may return a strided view (a 1x1 conv on channels-last input), whose Gram product rounds differently
+    return cols.contiguous()
 
 
 def input_grams(
