@@ -115,7 +115,7 @@ class LayerProblem:
     def input_gram(self, limit: int) -> tuple[torch.Tensor, int]:
         """The input Gram matrix (groups, d, d) and its output numel: the cached one on all images when at hand,
         else one on the first `limit` images (what a preconditioner needs: its shape, not every image)."""
-        if self._grams is not None or limit >= self.n:
+        if self.has_full_gram or limit >= self.n:
             gram, _, numel = self.grams
             return gram, numel
         x = self.x[:limit]
